@@ -1,0 +1,15 @@
+"""The intermediate server (中間サーバー), one platform hosting many organizations.
+
+Seed Ⅰ.2 system 5 lists its functions: code management (符号管理機能), query (情報照会機能),
+provision (情報提供機能), existing-system connection (既存システム接続機能), access records
+(情報提供等記録管理機能), the duplicate store (情報提供データベース管理機能), data send/receive
+with the network (データ送受信機能), security management (セキュリティ管理機能), staff
+authentication and authorization (職員認証・権限管理機能) and system management (システム管理機能).
+
+Owns, per tenant organization: linkage code ↔ unified number, duplicates (副本), query results
+for a limited time, the review queue, staff accounts, and its ledger of access records.
+
+Must never: see an individual number or a resident code; answer without a valid permit and its
+own check of the permission list; let one tenant read or change another tenant's data; send
+personal data anywhere but sealed to the requester's key.
+"""

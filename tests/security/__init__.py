@@ -1,0 +1,1 @@
+"""Security tests: PKI and mutual TLS, organization keys, at-rest encryption."""
