@@ -283,15 +283,14 @@ async def start_server(
     return RunningServer(server, bound, health_servicer, tuple(names), time.monotonic())
 
 
-async def serve_until_signalled(running: Sequence[RunningServer], grace: float = 10.0) -> None:
-    """Run until SIGTERM or SIGINT, then shut every server down gracefully."""
+async def wait_for_signal() -> None:
+    """Return once SIGTERM or SIGINT arrives (the caller then shuts down gracefully)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting_down", grace_seconds=grace)
-    await asyncio.gather(*(r.stop(grace) for r in running))
+    log.info("shutting_down")
 
 
 def require_caller(*allowed_prefixes: str) -> str:
