@@ -163,12 +163,17 @@ class WorldConfig:
     # database URL; default: an SQLite file per component under root/db.
     database_url: Callable[[str], str] | None = None
     result_retention: timedelta = timedelta(hours=24)
+    _urls: dict[str, str] = field(default_factory=dict, repr=False)
 
     def url(self, component: str) -> str:
-        if self.database_url is not None:
-            return self.database_url(component)
-        (self.root / "db").mkdir(parents=True, exist_ok=True)
-        return db.sqlite_url(self.root / "db" / f"{component}.sqlite")
+        """The database URL of a component, made once and then remembered."""
+        if component not in self._urls:
+            if self.database_url is not None:
+                self._urls[component] = self.database_url(component)
+            else:
+                (self.root / "db").mkdir(parents=True, exist_ok=True)
+                self._urls[component] = db.sqlite_url(self.root / "db" / f"{component}.sqlite")
+        return self._urls[component]
 
     @property
     def pki_dir(self) -> Path | None:
