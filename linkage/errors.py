@@ -138,7 +138,9 @@ def to_rpc_status(error: LinkageError) -> Any:
     if error.violations:
         bad = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
                 for v in error.violations
             ]
         )
@@ -166,8 +168,9 @@ def remote_error(error: grpc.RpcError) -> RemoteError:
     """Parse the status details (ErrorInfo, BadRequest) of a failed call, sync or aio."""
     from google.rpc import error_details_pb2, status_pb2
 
-    code = error.code()  # type: ignore[attr-defined]
-    trailing = error.trailing_metadata() or ()  # type: ignore[attr-defined]
+    call: Any = error  # grpc.RpcError raised by a call is also a grpc.Call (code, details, ...)
+    code = call.code()
+    trailing: Any = call.trailing_metadata() or ()
     reason, violations, metadata = "", [], {}
     for key, value in trailing:
         if key != "grpc-status-details-bin":
@@ -185,7 +188,7 @@ def remote_error(error: grpc.RpcError) -> RemoteError:
     return RemoteError(
         code=code.name if code is not None else "UNKNOWN",
         reason=reason,
-        message=error.details() or "",  # type: ignore[attr-defined]
+        message=call.details() or "",
         violations=tuple(violations),
         metadata=metadata,
     )

@@ -71,11 +71,8 @@ class Security:
             *options,
         ]
         if self.pki_dir is None:
-            return grpc.aio.insecure_channel(
-                target,
-                options=opts,
-                interceptors=[_InsecureIdentityClientInterceptor(self.identity)],
-            )
+            interceptor: Any = _InsecureIdentityClientInterceptor(self.identity)
+            return grpc.aio.insecure_channel(target, options=opts, interceptors=[interceptor])
         from linkage import pki
 
         return grpc.aio.secure_channel(
@@ -94,7 +91,8 @@ def _identity_of(context: grpc.aio.ServicerContext[Any, Any], insecure: bool) ->
     return pki.peer_identity(context) or ""
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: LinkageError) -> None:
+async def _abort(context: Any, error: LinkageError) -> None:
+    # grpc.aio's context has abort_with_status; the published stubs do not declare it.
     await context.abort_with_status(to_rpc_status(error))
 
 
@@ -144,12 +142,14 @@ def _enter(context: grpc.aio.ServicerContext[Any, Any], method: str, insecure: b
     )
 
 
-async def _fail(context: grpc.aio.ServicerContext[Any, Any], method: str, err: LinkageError) -> None:
+async def _fail(
+    context: grpc.aio.ServicerContext[Any, Any], method: str, err: LinkageError
+) -> None:
     log.info("rpc_failed", method=method, code=err.code.name, reason=err.reason)
     await _abort(context, err)
 
 
-class ContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class ContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Authenticates the caller, binds request context, translates domain errors."""
 
     def __init__(self, *, insecure: bool) -> None:
@@ -157,11 +157,11 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        method = details.method  # type: ignore[attr-defined]
+    ) -> Any:
+        handler: Any = await continuation(details)
+        method: str = details.method
         if handler is None or method.startswith(_OPEN_METHODS):
             return handler
         if handler.unary_unary:
@@ -190,10 +190,10 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 
 class _InsecureIdentityClientInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
-    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[misc]
+    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
+    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[type-arg]
 ):
     """Debug only: claims an identity in metadata because there is no certificate."""
 
@@ -227,7 +227,7 @@ class RunningServer:
 
     server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped package)
     service_names: tuple[str, ...]
     started_at: float
 
@@ -265,7 +265,7 @@ async def start_server(
     for register, name in registrars:
         register(server)
         names.append(name)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_names = (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
     reflection.enable_server_reflection((*service_names, reflection.SERVICE_NAME), server)

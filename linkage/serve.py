@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CODE=CAP[,CAP]",
         help="a tenant organization of this platform and its capacities (repeatable)",
     )
-    parser.add_argument("--org", default=_env("ORG"), help="organization of a unified address server")
+    parser.add_argument(
+        "--org", default=_env("ORG"), help="organization of a unified address server"
+    )
     parser.add_argument("--port-file", type=Path, help="write the bound port here once serving")
     return parser
 

@@ -93,7 +93,7 @@ SAKAI = OrganizationSpec(
     platform="municipal",
     local_government_code="271403",
     systems=(
-        # 後期高齢者医療システム: premium collection (別表第二 第八十二項), special collection notices.
+        # 後期高齢者医療システム: premium collection (第八十二項), special collection notices.
         # Its scope also lists local_tax: an over-broad scope the permission list still stops.
         SystemSpec(
             "kouki",
@@ -228,7 +228,7 @@ class World:
 
     async def close(self) -> None:
         for channel in self._channels:
-            await channel.close()
+            await channel.close(None)
         for ua in self.unified_address.values():
             await ua.close()
         for platform in self.platforms.values():

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from linkage.rpc import Security
+from linkage.v1 import common_pb2, network_pb2
 from simulator.world import DEFAULT_ORGANIZATIONS, OrganizationSpec, WorldConfig, init_pki
 
 
@@ -66,18 +67,22 @@ def plan(root: Path, base_port: int, insecure: bool, database_url: str | None) -
                 *p.args,
                 "--port",
                 str(p.port),
-                *(["--database-url", database_url.format(component=p.name)] if database_url else []),
+                *(
+                    ["--database-url", database_url.format(component=p.name)]
+                    if database_url
+                    else []
+                ),
             ],
         )
         for p in procs
     ]
 
 
-async def _wait_serving(security: Security, port: int, timeout: float = 30.0) -> None:
+async def _wait_serving(security: Security, port: int, limit: float = 30.0) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + limit
     async with security.channel(f"127.0.0.1:{port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
@@ -85,37 +90,43 @@ async def _wait_serving(security: Security, port: int, timeout: float = 30.0) ->
                 reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
-            except Exception:  # noqa: BLE001, S110 — not up yet: retry until the deadline
+            except Exception:  # noqa: S110 — not up yet: retry until the deadline
                 pass
             if loop.time() > deadline:
-                raise TimeoutError(f"nothing SERVING on port {port} after {timeout:.0f} s")
+                raise TimeoutError(f"nothing SERVING on port {port} after {limit:.0f} s")
             await asyncio.sleep(0.2)
 
 
 async def _register(root: Path, pki: Path | None, network_port: int, ports: dict[str, int]) -> None:
     from linkage.keys import KeyRing
-    from linkage.v1 import common_pb2, network_pb2, network_pb2_grpc
+    from linkage.v1 import network_pb2_grpc
 
     async with Security(pki, "admin").channel(f"127.0.0.1:{network_port}") as channel:
         stub = network_pb2_grpc.NetworkServiceStub(channel)
         for org in DEFAULT_ORGANIZATIONS:
             # The platform created the tenant's key ring on start (server/tenancy.py layout).
-            ring = KeyRing.load(root / "keys" / f"platform-{org.platform}" / "keys", f"org-{org.code}")
-            keys = [common_pb2.PublicKey(key_id=k.key_id, key=k.verify_key) for k in ring.public_keys()]
+            ring = KeyRing.load(
+                root / "keys" / f"platform-{org.platform}" / "keys", f"org-{org.code}"
+            )
+            keys = [
+                common_pb2.PublicKey(key_id=k.key_id, key=k.verify_key) for k in ring.public_keys()
+            ]
             try:
                 await stub.RegisterOrganization(
-                    network_pb2.RegisterOrganizationRequest(organization=_organization(org, ports, keys))
+                    network_pb2.RegisterOrganizationRequest(
+                        organization=_organization(org, ports, keys)
+                    )
                 )
-            except Exception as error:  # noqa: BLE001 — already registered on a restart is fine
+            except Exception as error:  # already registered on a restart is fine
                 from linkage.errors import remote_error
 
                 if remote_error(error).code != "ALREADY_EXISTS":  # type: ignore[arg-type]
                     raise
 
 
-def _organization(org: OrganizationSpec, ports: dict[str, int], keys: list[object]) -> object:
-    from linkage.v1 import network_pb2
-
+def _organization(
+    org: OrganizationSpec, ports: dict[str, int], keys: list[common_pb2.PublicKey]
+) -> network_pb2.Organization:
     return network_pb2.Organization(
         code=org.code,
         display_name=org.display_name,
@@ -138,11 +149,11 @@ def _spawn(proc: Process, log_dir: Path) -> subprocess.Popen[bytes]:
 
 async def up(args: argparse.Namespace) -> int:
     root: Path = args.data_dir.resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
     config = WorldConfig(root=root, secure=not args.insecure)
     await asyncio.to_thread(init_pki, config)
     procs = plan(root, args.base_port, args.insecure, args.database_url)
-    (root / "logs").mkdir(exist_ok=True)
+    await asyncio.to_thread((root / "logs").mkdir, exist_ok=True)
     running: list[subprocess.Popen[bytes]] = []
     try:
         for proc in procs:
@@ -183,9 +194,7 @@ def _write_manifest(root: Path, config: WorldConfig, ports: dict[str, int]) -> N
                 "capacities": list(o.capacities),
                 "platform": o.platform,
                 "unified_address": f"127.0.0.1:{ports[f'ua-{o.code}']}",
-                "business_systems": {
-                    s.system: f"bs.{o.code}.{s.system}" for s in o.systems
-                },
+                "business_systems": {s.system: f"bs.{o.code}.{s.system}" for s in o.systems},
             }
             for o in DEFAULT_ORGANIZATIONS
         ],

@@ -21,7 +21,8 @@ def test_committed_stubs_match_a_fresh_generation(tmp_path: Path) -> None:
         p.name for p in committed.iterdir() if p.is_file() and p.suffix in (".py", ".pyi")
     )
     _, mismatch, errors = filecmp.cmpfiles(fresh, committed, names, shallow=False)
-    assert mismatch == [] and errors == [], "run `make protos` and commit the result"
+    assert mismatch == [], "run `make protos` and commit the result"
+    assert errors == []
 
 
 @pytest.mark.parametrize("proto", protogen.proto_files(), ids=lambda p: p.name)

@@ -15,7 +15,11 @@ def test_a_middle_income_single_person_pays_the_full_per_capita_part_plus_the_in
     # 1,500,000 > 430,000 + 545,000 → no reduction; per capita 54,124;
     # income part (1,500,000 − 430,000) × 11.12 % = 118,984; 173,108 → 173,100 (100-yen floor).
     premium = assess_premium(1_500_000, household_income=1_500_000, insured_in_household=1)
-    assert (premium.reduction_percent, premium.per_capita, premium.income_part) == (0, 54_124, 118_984)
+    assert (premium.reduction_percent, premium.per_capita, premium.income_part) == (
+        0,
+        54_124,
+        118_984,
+    )
     assert premium.annual == 173_100
 
 
@@ -41,7 +45,10 @@ def test_the_reduction_thresholds_grow_with_the_insured_persons_of_the_household
 
 
 def test_the_premium_is_capped() -> None:
-    assert assess_premium(10_000_000, household_income=10_000_000, insured_in_household=1).annual == 800_000
+    assert (
+        assess_premium(10_000_000, household_income=10_000_000, insured_in_household=1).annual
+        == 800_000
+    )
 
 
 def test_collection_is_special_when_the_pension_carries_both_premiums() -> None:
