@@ -1,0 +1,293 @@
+"""Starting and stopping an intermediate server platform: ``Config``, ``start(config) -> App``.
+
+Owns the wiring of one platform process (中間サーバー・プラットフォーム) hosting many tenant
+organizations: the database, each tenant's key ring and data key under ``data_dir/keys``, the
+platform's record-checkpoint key, the permission list copy, one network channel per tenant (as
+``org.<code>``), the domain objects, the gRPC server (``platform.<name>``) with health and
+reflection, and the background jobs (purge of expired data, redelivery of late answers).
+``App`` also hands the world harness and tests what they need without gRPC: each tenant's
+public keys and the domain handles.
+
+Must never: start serving before schema and keys are ready, or keep state another replica would
+need only in memory (queries, results, keys, nonces and the review queue are in the database;
+keys in the shared data directory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from linkage import db
+from linkage.keys import KeyRing, PublicKeys, private_dir
+from linkage.logs import get_logger
+from linkage.records.ledger import Ledger
+from linkage.rpc import RunningServer, Security, start_server
+from linkage.v1 import inbound_pb2, inbound_pb2_grpc, intermediate_server_pb2
+from linkage.v1 import intermediate_server_pb2_grpc as isg
+from permission_list import PermissionList
+from server.codes import CodeManager
+from server.directory import Directory
+from server.duplicates import DuplicateStore
+from server.network_client import GrpcNetwork
+from server.ports import NetworkPort, system_clock
+from server.provision import Provider
+from server.queries import Requester
+from server.querykeys import QueryKeys
+from server.records import Recorder
+from server.retention import PurgeReport, Retention
+from server.review import Review
+from server.service_inbound import InboundServicer
+from server.service_intermediate import Domain, IntermediateServerServicer
+from server.tenancy import TenantConfig, Tenants
+
+log = get_logger(__name__)
+
+INTERMEDIATE_SERVICE = intermediate_server_pb2.DESCRIPTOR.services_by_name[
+    "IntermediateServerService"
+].full_name
+INBOUND_SERVICE = inbound_pb2.DESCRIPTOR.services_by_name["InboundService"].full_name
+
+
+@dataclass
+class Config:
+    """Everything one platform process needs.
+
+    ``security`` is the platform's server identity (``platform.<name>``); its ``pki_dir`` also
+    holds each tenant's ``org.<code>`` certificate for calling the network. ``result_retention``
+    is how long a query result is kept; ``query_key_ttl`` how long a query key is used before
+    rotation (it can still open answers for ``result_retention`` more, the longest a held
+    answer is worth waiting for). ``duplicate_retention`` keeps ended or replaced duplicate
+    versions that long before the purge deletes them. ``migrate`` runs the Alembic migrations
+    at start-up (tests that create tables themselves turn it off). ``network`` replaces the
+    gRPC network client (tests with a fake network).
+    """
+
+    platform: str
+    database_url: str
+    security: Security
+    data_dir: Path
+    network_address: str
+    tenants: list[TenantConfig]
+    result_retention: timedelta = timedelta(hours=24)
+    query_key_ttl: timedelta = timedelta(hours=1)
+    purge_interval: timedelta = timedelta(minutes=10)
+    duplicate_retention: timedelta = timedelta(days=366)
+    redelivery_interval: timedelta = timedelta(seconds=30)
+    host: str = "127.0.0.1"
+    port: int = 0
+    network_timeout: float = 30.0
+    query_chunk_size: int = 500
+    query_chunks_in_flight: int = 4
+    permission_list: PermissionList | None = None
+    migrate: bool = True
+    clock: Callable[[], datetime] = system_clock
+    network: NetworkPort | None = None
+
+
+class App:
+    """A running platform and its domain handles."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        server: RunningServer,
+        engine: Engine,
+        sessions: sessionmaker[Session],
+        tenants: Tenants,
+        network: NetworkPort,
+        grpc_network: GrpcNetwork | None,
+        domain: Domain,
+        provider: Provider,
+        review: Review,
+        retention: Retention,
+        query_keys: QueryKeys,
+        directory: Directory,
+        jobs: list[asyncio.Task[None]],
+    ) -> None:
+        self.config = config
+        self.server = server
+        self.engine = engine
+        self.sessions = sessions
+        self.tenants = tenants
+        self.network = network
+        self.codes = domain.codes
+        self.duplicates = domain.duplicates
+        self.requester = domain.requester
+        self.provider = provider
+        self.review = review
+        self.retention = retention
+        self.query_keys = query_keys
+        self.directory = directory
+        self._grpc_network = grpc_network
+        self._jobs = jobs
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.server.port}"
+
+    def tenant_public_keys(self, code: str) -> list[PublicKeys]:
+        """The tenant's signing keys (current first) to register it in the network directory."""
+        return self.tenants.get(code).public_keys()
+
+    async def purge_expired(self, now: datetime | None = None) -> PurgeReport:
+        """Run the purge job now (it also runs every ``purge_interval``)."""
+        moment = now if now is not None else self.config.clock()
+        return await asyncio.to_thread(self.retention.purge_expired, moment)
+
+    async def close(self, grace: float = 2.0) -> None:
+        """Stop serving (in-flight calls finish within ``grace``), then release resources."""
+        for job in self._jobs:
+            job.cancel()
+        for job in self._jobs:
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+        await self.server.stop(grace)
+        await self.requester.close()
+        if self._grpc_network is not None:
+            await self._grpc_network.close()
+        self.engine.dispose()
+
+
+async def start(config: Config) -> App:
+    """Prepare schema and keys, wire the domain, and start serving."""
+    if not config.tenants:
+        raise ValueError("a platform hosts at least one tenant")
+    if config.migrate:
+        await asyncio.to_thread(db.migrate, config.database_url)
+    key_dir = private_dir(config.data_dir) / "keys"
+    tenants = await asyncio.to_thread(Tenants.load, config.tenants, key_dir)
+    ledger = await asyncio.to_thread(_records_ledger, config, key_dir)
+    permissions = config.permission_list
+    if permissions is None:
+        permissions = await asyncio.to_thread(_default_permission_list)
+    engine = db.make_engine(config.database_url)
+    sessions = db.session_factory(engine)
+    grpc_network: GrpcNetwork | None = None
+    network: NetworkPort
+    if config.network is not None:
+        network = config.network
+    else:
+        grpc_network = GrpcNetwork(
+            config.security.pki_dir,
+            config.network_address,
+            tenants.codes(),
+            timeout=config.network_timeout,
+        )
+        network = grpc_network
+    clock = config.clock
+    recorder = Recorder(ledger)
+    directory = Directory(network, clock)
+    keys = QueryKeys(
+        sessions, tenants, clock, ttl=config.query_key_ttl, hold=config.result_retention
+    )
+    requester = Requester(
+        sessions,
+        tenants,
+        network,
+        directory,
+        keys,
+        recorder,
+        clock,
+        retention=config.result_retention,
+        chunk_size=config.query_chunk_size,
+        max_in_flight=config.query_chunks_in_flight,
+    )
+    domain = Domain(
+        tenants=tenants,
+        codes=CodeManager(sessions, network, recorder, clock),
+        duplicates=DuplicateStore(sessions, recorder, clock),
+        requester=requester,
+        sessions=sessions,
+    )
+    provider = Provider(sessions, tenants, directory, permissions, recorder, clock)
+    review = Review(sessions, tenants, network, recorder, clock)
+    retention = Retention(sessions, keys, duplicate_retention=config.duplicate_retention)
+    intermediate = IntermediateServerServicer(domain)
+    inbound = InboundServicer(provider, requester)
+    try:
+        server = await start_server(
+            [
+                (
+                    lambda s: isg.add_IntermediateServerServiceServicer_to_server(intermediate, s),
+                    INTERMEDIATE_SERVICE,
+                ),
+                (
+                    lambda s: inbound_pb2_grpc.add_InboundServiceServicer_to_server(inbound, s),
+                    INBOUND_SERVICE,
+                ),
+            ],
+            security=config.security,
+            host=config.host,
+            port=config.port,
+        )
+    except BaseException:
+        if grpc_network is not None:
+            await grpc_network.close()
+        engine.dispose()
+        raise
+    jobs = [
+        asyncio.create_task(
+            _every(
+                config.purge_interval, lambda: asyncio.to_thread(retention.purge_expired, clock())
+            ),
+            name="server-purge",
+        ),
+        asyncio.create_task(
+            _every(config.redelivery_interval, review.redeliver), name="server-redelivery"
+        ),
+    ]
+    log.info(
+        "platform_started", platform=config.platform, port=server.port, tenants=tenants.codes()
+    )
+    return App(
+        config=config,
+        server=server,
+        engine=engine,
+        sessions=sessions,
+        tenants=tenants,
+        network=network,
+        grpc_network=grpc_network,
+        domain=domain,
+        provider=provider,
+        review=review,
+        retention=retention,
+        query_keys=keys,
+        directory=directory,
+        jobs=jobs,
+    )
+
+
+async def _every(interval: timedelta, job: Callable[[], Awaitable[object]]) -> None:
+    """Run ``job`` every ``interval``; a failure is logged and the next run still happens."""
+    seconds = interval.total_seconds()
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await job()
+        except Exception:
+            log.exception("background_job_failed")
+
+
+def _default_permission_list() -> PermissionList:
+    from permission_list import load_default
+
+    return load_default()
+
+
+def _records_ledger(config: Config, key_dir: Path) -> Ledger:
+    """The platform's checkpoint signer for its tenants' ledgers (its own key ring)."""
+    ring = KeyRing.load_or_create(key_dir, f"platform-{config.platform}")
+    return Ledger(ring.current.signing_key, ring.current.key_id, clock=config.clock)

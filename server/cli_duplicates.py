@@ -1,0 +1,298 @@
+"""``linkage duplicates``: import, export and reconcile a tenant's duplicates (副本) from files.
+
+Subcommands (file format: ``server/duplicates_file.py``, JSON lines)::
+
+    linkage duplicates import FILE --tenant CODE [--import-id ID] [--business-system NAME]
+    linkage duplicates export --tenant CODE [--data-item ITEM] [--history] [--output FILE]
+    linkage duplicates reconcile FILE --tenant CODE
+
+Each works directly on the platform's database and data directory (``--database-url``,
+``--data-dir``, ``--platform``, as the server is configured), through the same domain code as
+the ImportDuplicates/ExportDuplicates RPCs. Import is all or nothing: every line is checked
+first, and a bad line prints ``FILE:LINE: field: reason`` (each bad line, up to a limit) and
+exits 2 with nothing stored. Progress goes to standard error. Exit codes: 0 done (or, for
+reconcile, no difference), 1 reconcile found differences, 2 bad usage or input.
+
+Must never: store part of a file, print a personal value (contents are never echoed; unified
+numbers are printed only where reconciliation must name the person), or be slow to import at
+start-up (heavy modules load inside the subcommand).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from server.duplicates import DuplicateStore
+    from server.tenancy import Tenant
+
+EXIT_OK = 0
+EXIT_DIFFERENT = 1
+EXIT_USAGE = 2
+MAX_ERRORS = 50
+PROGRESS_EVERY = 50_000
+
+
+class _UsageError(Exception):
+    """Bad input from the command line; printed without a traceback, exit 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="linkage duplicates",
+        description="Duplicates (副本) of a tenant: import, export, reconcile (JSON lines).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--tenant", required=True, help="organization code of the tenant")
+        p.add_argument("--data-dir", type=Path, default=Path("data/server"))
+        p.add_argument("--database-url", help="default: SQLite file server.sqlite in --data-dir")
+        p.add_argument("--platform", default="local", help="platform name (checkpoint key)")
+
+    imp = sub.add_parser("import", help="import a file, all or nothing")
+    imp.add_argument("file", type=Path)
+    common(imp)
+    imp.add_argument("--import-id", help="idempotency key (default: a new one)")
+    imp.add_argument("--business-system", default="cli")
+
+    exp = sub.add_parser("export", help="write the duplicates in force (or all versions)")
+    common(exp)
+    exp.add_argument("--data-item", default="")
+    exp.add_argument("--history", action="store_true", help="include superseded versions")
+    exp.add_argument("--output", type=Path, help="file to write (default: standard output)")
+
+    rec = sub.add_parser("reconcile", help="compare a file of originals with the store")
+    rec.add_argument("file", type=Path)
+    common(rec)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Run ``linkage duplicates`` with ``argv``; returns the exit code."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    from linkage.errors import LinkageError
+
+    handlers = {"import": _import, "export": _export, "reconcile": _reconcile}
+    try:
+        return handlers[args.command](args)
+    except (_UsageError, OSError) as exc:
+        print(f"linkage duplicates: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except LinkageError as exc:
+        print(f"linkage duplicates: {exc.reason}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+# --- wiring -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Store:
+    store: DuplicateStore
+    tenant: Tenant
+    sessions: sessionmaker[Session]
+
+
+def _open_store(args: argparse.Namespace) -> _Store:
+    from linkage import db
+    from linkage.keys import KeyRing
+    from linkage.records.ledger import Ledger
+    from server.duplicates import DuplicateStore
+    from server.ports import system_clock
+    from server.records import Recorder
+    from server.tenancy import TenantConfig, Tenants
+
+    try:
+        config = TenantConfig(args.tenant)
+    except ValueError as error:
+        raise _UsageError(str(error)) from None
+    key_dir = args.data_dir / "keys"
+    url = args.database_url or db.sqlite_url(args.data_dir / "server.sqlite")
+    if (
+        url.startswith("sqlite")
+        and not (args.data_dir / "server.sqlite").exists()
+        and (args.database_url is None)
+    ):
+        raise _UsageError(
+            f"no database in {args.data_dir} (start the server once, or pass --database-url)"
+        )
+    tenants = Tenants.load([config], key_dir)
+    ring = KeyRing.load_or_create(key_dir, f"platform-{args.platform}")
+    recorder = Recorder(Ledger(ring.current.signing_key, ring.current.key_id))
+    sessions = db.session_factory(db.make_engine(url))
+    return _Store(
+        DuplicateStore(sessions, recorder, system_clock), tenants.get(args.tenant), sessions
+    )
+
+
+class _Progress:
+    """Counts on standard error: a rewritten line on a terminal, a line per step otherwise."""
+
+    def __init__(self, stream: TextIO, label: str) -> None:
+        self._stream = stream
+        self._label = label
+        self._tty = stream.isatty()
+        self._start = time.monotonic()
+
+    def update(self, count: int, *, final: bool = False) -> None:
+        if not final and count % PROGRESS_EVERY:
+            return
+        elapsed = max(time.monotonic() - self._start, 1e-9)
+        text = f"{self._label}: {count:,} rows ({count / elapsed:,.0f}/s)"
+        if self._tty:
+            self._stream.write("\r" + text + ("\n" if final else ""))
+        else:
+            self._stream.write(text + "\n")
+        self._stream.flush()
+
+
+# --- import -------------------------------------------------------------------------------------
+
+
+def _import(args: argparse.Namespace) -> int:
+    from linkage.errors import LinkageError
+    from server.duplicates import ImportBuffer
+    from server.duplicates_file import LineError, open_text, read_records
+    from server.tenancy import require_id
+
+    import_id = args.import_id or f"cli-{uuid.uuid4().hex}"
+    try:
+        require_id(import_id, "import_id")
+    except LinkageError as error:
+        raise _UsageError(f"--import-id: {error.message}") from None
+    buffer = ImportBuffer()
+    lines: list[int] = []
+    errors: list[str] = []
+    progress = _Progress(sys.stderr, "checked")
+    with open_text(args.file) as handle:
+        for number, item in read_records(handle, str(args.file)):
+            if isinstance(item, LineError):
+                errors.append(str(item))
+                continue
+            lines.append(number)
+            buffer.add([item])
+            progress.update(len(lines))
+    progress.update(len(lines), final=True)
+    errors.extend(_violations(buffer, lines, str(args.file)))
+    if not lines and not errors:
+        errors.append(f"{args.file}: no records")
+    if errors:
+        for problem in errors[:MAX_ERRORS]:
+            print(problem, file=sys.stderr)
+        if len(errors) > MAX_ERRORS:
+            print(f"... and {len(errors) - MAX_ERRORS} more", file=sys.stderr)
+        print("nothing was imported", file=sys.stderr)
+        return EXIT_USAGE
+    opened = _open_store(args)
+    started = time.monotonic()
+    result = opened.store.store_import(opened.tenant, import_id, args.business_system, buffer.rows)
+    elapsed = max(time.monotonic() - started, 1e-9)
+    if result.already_imported:
+        print(f"import {import_id} was already imported; nothing stored again", file=sys.stderr)
+    else:
+        print(
+            f"stored {result.imported:,} rows ({result.superseded:,} superseded) "
+            f"in {elapsed:.1f} s ({result.imported / elapsed:,.0f}/s), import id {import_id}",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def _violations(buffer: object, lines: list[int], path: str) -> list[str]:
+    """The buffer's violations as ``FILE:LINE: field: reason`` (row index → file line)."""
+    import re
+
+    from server.duplicates import ImportBuffer
+
+    assert isinstance(buffer, ImportBuffer)
+    out = []
+    for violation in buffer.violations:
+        match = re.match(r"records\[(\d+)\]\.(?:value\.)?(.*)", violation.field)
+        if match is None:
+            out.append(f"{path}: {violation.field}: {violation.description}")
+            continue
+        line = lines[int(match.group(1))]
+        out.append(f"{path}:{line}: {match.group(2)}: {violation.description}")
+    return out
+
+
+# --- export -------------------------------------------------------------------------------------
+
+
+def _export(args: argparse.Namespace) -> int:
+    from linkage.errors import LinkageError
+    from server.duplicates_file import write_records
+
+    opened = _open_store(args)
+    progress = _Progress(sys.stderr, "exported")
+    output = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
+    count = 0
+    try:
+        for page in opened.store.export_pages(opened.tenant, args.data_item, args.history):
+            count += write_records(output, page)
+            progress.update(count)
+    except LinkageError as error:
+        raise _UsageError(error.message) from None
+    finally:
+        if args.output:
+            output.close()
+    progress.update(count, final=True)
+    return EXIT_OK
+
+
+# --- reconcile ----------------------------------------------------------------------------------
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from server.duplicates_file import LineError, open_text, read_records
+
+    originals: dict[tuple[str, str, str], tuple[int, bytes]] = {}
+    errors: list[str] = []
+    with open_text(args.file) as handle:
+        for number, item in read_records(handle, str(args.file)):
+            if isinstance(item, LineError):
+                errors.append(str(item))
+                continue
+            key = (item.unified_number, item.value.data_item, item.value.effective_from)
+            content = item.value.content.SerializeToString(deterministic=True)
+            originals[key] = (number, content)
+    if errors:
+        for error in errors[:MAX_ERRORS]:
+            print(error, file=sys.stderr)
+        return EXIT_USAGE
+    items = {item for _, item, _ in originals}
+    opened = _open_store(args)
+    stored: dict[tuple[str, str, str], bytes] = {}
+    for page in opened.store.export_pages(opened.tenant, "", include_history=False):
+        for record in page:
+            if record.value.data_item in items:
+                key = (record.unified_number, record.value.data_item, record.value.effective_from)
+                stored[key] = record.value.content.SerializeToString(deterministic=True)
+    differences = 0
+    for key, (line, content) in sorted(originals.items(), key=lambda kv: kv[1][0]):
+        if key not in stored:
+            print(f"{args.file}:{line}: {key[0]} {key[1]} {key[2]}: missing in the store")
+            differences += 1
+        elif stored[key] != content:
+            print(f"{args.file}:{line}: {key[0]} {key[1]} {key[2]}: content differs")
+            differences += 1
+    for key in sorted(set(stored) - set(originals)):
+        print(f"{args.file}: {key[0]} {key[1]} {key[2]}: in the store, not in the originals")
+        differences += 1
+    print(
+        f"{len(originals):,} originals, {len(stored):,} stored, {differences:,} difference(s)",
+        file=sys.stderr,
+    )
+    return EXIT_DIFFERENT if differences else EXIT_OK

@@ -1,0 +1,836 @@
+"""Query (情報照会) on the requester side: submit, batch, wait, verify, keep for a while.
+
+Owns steps 1, 4 and 5 of the query path for a requester tenant: admit queries (one row per
+query id, inserted before anything is sent, so a retry never causes a second provision), send
+them to the network in chunks with the tenant's query key, verify each provider's signed answer
+batch (signature by directory keys, our key id, items asked for, the permit id sealed inside),
+decrypt, and store the result sealed at rest until its retention ends; accept late answers after
+a provider's review; let callers wait for a result (an in-process wake-up, else polling the
+database so replicas work).
+
+Must never: send a query whose row is not stored, send a query again while its first sending may
+still be answered (only one that never left, or went stale, is resent: the network is
+idempotent by query id), accept an answer it cannot verify as PROVIDED, keep a value in clear,
+or import grpc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from linkage.crypto import BatchOpener
+from linkage.db import unit_of_work
+from linkage.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    LinkageError,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from linkage.logs import get_logger
+from linkage.records.model import AccessRecord, ActorKind
+from linkage.v1 import common_pb2, intermediate_server_pb2, network_pb2, payloads_pb2
+from server import repository as repo
+from server.content import parse_iso_date, unified_number_problem
+from server.directory import Directory
+from server.models import QueryRow
+from server.notify import Notifier
+from server.ports import Clock, NetworkPort
+from server.provision import parse
+from server.querykeys import QueryKey, QueryKeys
+from server.records import REQUESTER_EVENTS, Recorder, Status, record
+from server.tenancy import Tenants, require_id, valid_code
+
+log = get_logger(__name__)
+QS = common_pb2.QueryStatus
+FINAL = frozenset(
+    {
+        QS.QUERY_STATUS_PROVIDED,
+        QS.QUERY_STATUS_NO_DATA,
+        QS.QUERY_STATUS_DENIED,
+        QS.QUERY_STATUS_DECLINED,
+        QS.QUERY_STATUS_FAILED,
+    }
+)
+ANSWER_STATUSES = FINAL | {QS.QUERY_STATUS_HELD_FOR_REVIEW}
+JST = timezone(timedelta(hours=9), "JST")  # "today" of a query is today in Japan
+MAX_ITEMS = 16
+NETWORK_UNAVAILABLE = "NETWORK_UNAVAILABLE"
+NO_LINKAGE_CODE = "NO_LINKAGE_CODE"
+_WORD = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
+_PROCEDURE = re.compile(r"[a-z0-9][a-z0-9:_-]{0,63}")
+_SYSTEM = re.compile(r"[A-Za-z0-9._:-]{0,128}")
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """A validated query as a business system asked it."""
+
+    query_id: str
+    requester_capacity: str
+    procedure: str
+    provider: str
+    data_items: tuple[str, ...]
+    unified_number: str
+    on_date: date
+    on_date_text: str  # as asked ("" for today): what a retry must repeat
+    business_system: str
+
+    def digest(self) -> bytes:
+        """Fingerprint of what was asked: a retry with the same id must ask the same."""
+        parts = (
+            self.requester_capacity,
+            self.procedure,
+            self.provider,
+            ",".join(self.data_items),
+            self.unified_number,
+            self.on_date_text,
+        )
+        return hashlib.sha256("\x1f".join(parts).encode()).digest()
+
+
+def parse_spec(message: intermediate_server_pb2.QuerySpec, prefix: str, today: date) -> Spec:
+    """A validated ``Spec``, or INVALID_ARGUMENT naming every bad field under ``prefix``."""
+    bad: list[FieldViolation] = []
+
+    def check(ok: bool, name: str, description: str) -> None:
+        if not ok:
+            bad.append(FieldViolation(f"{prefix}.{name}", description))
+
+    try:
+        require_id(message.query_id, f"{prefix}.query_id")
+    except InvalidArgument as error:
+        bad.extend(error.violations)
+    check(
+        bool(_WORD.fullmatch(message.requester_capacity)), "requester_capacity", "not a capacity id"
+    )
+    check(bool(_PROCEDURE.fullmatch(message.procedure)), "procedure", "not a procedure id")
+    check(valid_code(message.provider), "provider", "not an organization code")
+    items = tuple(message.data_items)
+    check(0 < len(items) <= MAX_ITEMS, "data_items", f"1..{MAX_ITEMS} data items")
+    check(len(set(items)) == len(items), "data_items", "a data item is repeated")
+    check(all(_WORD.fullmatch(item) for item in items), "data_items", "not a data item id")
+    problem = unified_number_problem(message.unified_number)
+    check(problem is None, "unified_number", problem or "")
+    on = parse_iso_date(message.on_date) if message.on_date else today
+    check(on is not None, "on_date", "must be a date YYYY-MM-DD or empty")
+    check(bool(_SYSTEM.fullmatch(message.business_system)), "business_system", "malformed id")
+    if bad:
+        raise InvalidArgument("INVALID_QUERY", f"bad query: {bad[0].field}", violations=bad)
+    assert on is not None
+    return Spec(
+        message.query_id,
+        message.requester_capacity,
+        message.procedure,
+        message.provider,
+        items,
+        message.unified_number,
+        on,
+        message.on_date,
+        message.business_system,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Where a query stands, as the business system sees it (values decrypted)."""
+
+    tenant: str
+    query_id: str
+    status: Status
+    reason: str = ""
+    permit_id: str = ""
+    values: tuple[common_pb2.DuplicateValue, ...] = ()
+    updated_at: datetime | None = None
+    expires_at: datetime | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+
+@dataclass(slots=True)
+class _Result:
+    """A verified answer (or a failure) for one of our queries, before it is stored."""
+
+    query_id: str
+    status: Status
+    reason: str = ""
+    permit_id: str = ""
+    values: list[common_pb2.DuplicateValue] = field(default_factory=list)
+    key_id: str = ""
+
+
+@dataclass(slots=True)
+class _Admission:
+    ready: list[Outcome] = field(default_factory=list)
+    send: list[tuple[Spec, str]] = field(default_factory=list)  # (spec, our linkage code)
+    wait: list[str] = field(default_factory=list)
+
+
+def result_context(tenant: str, query_id: str) -> bytes:
+    return f"server.query_result|{tenant}|{query_id}".encode()
+
+
+class Requester:
+    """The requester side of a platform's tenants."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        tenants: Tenants,
+        network: NetworkPort,
+        directory: Directory,
+        keys: QueryKeys,
+        recorder: Recorder,
+        clock: Clock,
+        *,
+        retention: timedelta,
+        chunk_size: int = 500,
+        max_in_flight: int = 4,
+        resend_after: timedelta = timedelta(seconds=60),
+        poll_interval: float = 0.2,
+        linger: float = 0.002,
+    ) -> None:
+        self._sessions = sessions
+        self._tenants = tenants
+        self._network = network
+        self._directory = directory
+        self._keys = keys
+        self._recorder = recorder
+        self._clock = clock
+        self._retention = retention
+        self._chunk_size = chunk_size
+        self._max_in_flight = max_in_flight
+        self._resend_after = resend_after
+        self._poll_interval = poll_interval
+        self._linger = linger
+        self._sending: set[tuple[str, str]] = set()  # queries this process is sending now
+        self._notifier = Notifier()
+        self._background: set[asyncio.Task[object]] = set()
+
+    def today(self) -> date:
+        return self._clock().astimezone(JST).date()
+
+    # --- entry points ------------------------------------------------------------------------
+
+    async def submit(self, tenant: str, spec: Spec, *, wait: float) -> Outcome:
+        """One query, waiting up to ``wait`` seconds for a final outcome."""
+        outcomes = [o async for chunk in self._run(tenant, [spec], wait) for o in chunk]
+        outcome = outcomes[0]
+        if outcome.status == QS.QUERY_STATUS_FAILED and outcome.reason == NO_LINKAGE_CODE:
+            raise FailedPrecondition(NO_LINKAGE_CODE, "the person has no linkage code here yet")
+        if outcome.status == QS.QUERY_STATUS_IN_FLIGHT and outcome.reason == NETWORK_UNAVAILABLE:
+            raise Unavailable(NETWORK_UNAVAILABLE, "the network could not be reached; retry")
+        return outcome
+
+    async def stream(
+        self, tenant: str, batches: AsyncIterator[list[Spec]], *, wait: float = 30.0
+    ) -> AsyncIterator[list[Outcome]]:
+        """Batch queries (一括照会): specs in, outcomes out as each chunk completes.
+
+        Specs are grouped into chunks of up to ``chunk_size`` (waiting ``linger`` seconds for
+        more to arrive) and up to ``max_in_flight`` chunks are sent at once.
+        """
+        queue: asyncio.Queue[Spec | None] = asyncio.Queue(maxsize=4 * self._chunk_size)
+        out: asyncio.Queue[list[Outcome] | BaseException | None] = asyncio.Queue()
+        reader = asyncio.create_task(self._read(batches, queue))
+        batcher = asyncio.create_task(self._batch(tenant, queue, out, wait))
+        try:
+            while True:
+                item = await out.get()
+                if item is None:
+                    await reader  # the input ended: raise its error (a bad message), if any
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if not reader.done():
+                reader.cancel()
+            if not batcher.done():
+                # The caller went away: what was sent still gets its results stored.
+                self._keep(batcher)
+
+    async def get(self, tenant: str, query_id: str, *, wait: float) -> Outcome:
+        """The stored outcome, waiting up to ``wait`` seconds for it to become final."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(wait, 0.0)
+        key = (tenant, query_id)
+        while True:
+            event = self._notifier.register(key)
+            try:
+                outcome = await asyncio.to_thread(self._read_outcome, tenant, query_id)
+                remaining = deadline - loop.time()
+                if outcome is None:
+                    raise NotFound("QUERY_NOT_FOUND", "no such query (or its result was deleted)")
+                if outcome.final or remaining <= 0:
+                    return outcome
+                # On timeout, poll the database: another replica may have stored it.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(remaining, self._poll_interval))
+            finally:
+                self._notifier.release(key, event)
+
+    async def accept_late(self, envelope: common_pb2.SignedEnvelope) -> int:
+        """Step 5: a provider's answer released after review, routed by the network."""
+        provider = envelope.signer
+        body = await self._directory.open(envelope, provider, reason="ANSWER_SIGNATURE_INVALID")
+        batch = parse(payloads_pb2.AnswerBatch, body, "ANSWER_BATCH_MALFORMED")
+        assert isinstance(batch, payloads_pb2.AnswerBatch)
+        if batch.provider != provider:
+            raise InvalidArgument("ANSWER_BATCH_MISADDRESSED", "batch provider is not the signer")
+        tenant = self._tenants.get(batch.requester).code
+        ids = [answer.query_id for answer in batch.answers]
+        rows = await asyncio.to_thread(self._rows, tenant, ids)
+        key = await self._keys.find_async(tenant, batch.requester_key_id)
+        if key is None:
+            raise InvalidArgument("UNKNOWN_REQUESTER_KEY", "answers are sealed to no key of ours")
+        opener = _Opener(key, batch.ephemeral_public_key)
+        results: list[_Result] = []
+        specs: dict[str, Spec] = {}
+        for answer in batch.answers:
+            row = rows.get(answer.query_id)
+            if row is None or row.provider != provider or row.status in FINAL:
+                continue  # unknown, not from this provider, or already settled
+            if row.permit_id and row.permit_id != answer.permit_id:
+                continue
+            spec = _spec_of(row)
+            specs[spec.query_id] = spec
+            results.append(_read_answer(spec, answer, answer.permit_id, opener))
+        if not results:
+            return 0
+        stored = await asyncio.to_thread(self._store, tenant, specs, results)
+        self._notifier.publish((tenant, outcome.query_id) for outcome in stored)
+        return sum(1 for outcome in stored if outcome.final)
+
+    async def close(self) -> None:
+        """Wait for background sends (a stream whose caller left) to finish storing."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    # --- the pipeline --------------------------------------------------------------------------
+
+    async def _read(
+        self, batches: AsyncIterator[list[Spec]], queue: asyncio.Queue[Spec | None]
+    ) -> None:
+        try:
+            async for specs in batches:
+                for spec in specs:
+                    await queue.put(spec)
+        finally:
+            await queue.put(None)  # always end the batcher, even after a bad message
+
+    async def _batch(
+        self,
+        tenant: str,
+        queue: asyncio.Queue[Spec | None],
+        out: asyncio.Queue[list[Outcome] | BaseException | None],
+        wait: float,
+    ) -> None:
+        limit = asyncio.Semaphore(self._max_in_flight)
+        running: set[asyncio.Task[None]] = set()
+
+        async def run(chunk: list[Spec]) -> None:
+            try:
+                async for outcomes in self._run(tenant, chunk, wait):
+                    await out.put(outcomes)
+            except BaseException as error:
+                await out.put(error)
+                raise
+            finally:
+                limit.release()
+
+        done = False
+        while not done:
+            chunk, done = await self._next_chunk(queue)
+            if chunk:
+                await limit.acquire()
+                task = asyncio.create_task(run(chunk))
+                running.add(task)
+                task.add_done_callback(running.discard)
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+        await out.put(None)
+
+    async def _next_chunk(self, queue: asyncio.Queue[Spec | None]) -> tuple[list[Spec], bool]:
+        """Up to chunk_size specs: the first one waits, the rest only ``linger`` seconds."""
+        first = await queue.get()
+        if first is None:
+            return [], True
+        chunk = [first]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._linger
+        while len(chunk) < self._chunk_size:
+            try:
+                item = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(queue.get(), remaining)
+                except TimeoutError:
+                    break
+            if item is None:
+                return chunk, True
+            chunk.append(item)
+        return chunk, False
+
+    async def _run(
+        self, tenant: str, specs: Sequence[Spec], wait: float
+    ) -> AsyncIterator[list[Outcome]]:
+        """Admit, send and wait for one group of specs; yields outcomes as they are known."""
+        admission = await asyncio.to_thread(self._admit_with_retry, tenant, specs)
+        if admission.ready:
+            yield admission.ready
+        sends = self._group(admission.send)
+        for spec, _ in admission.send:
+            self._sending.add((tenant, spec.query_id))
+        tasks = [asyncio.create_task(self._dispatch(tenant, cap, group)) for cap, group in sends]
+        for task in tasks:
+            self._keep(task)  # results are stored even if our caller stops listening
+        waits = [asyncio.create_task(self.get(tenant, qid, wait=wait)) for qid in admission.wait]
+        try:
+            for finished in asyncio.as_completed(tasks):
+                yield await finished
+            if waits:
+                yield [await waiting for waiting in waits]
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+
+    def _group(self, send: list[tuple[Spec, str]]) -> list[tuple[str, list[tuple[Spec, str]]]]:
+        """One network call per requester capacity (the request carries one) and chunk."""
+        by_capacity: dict[str, list[tuple[Spec, str]]] = {}
+        for spec, code in send:
+            by_capacity.setdefault(spec.requester_capacity, []).append((spec, code))
+        return [
+            (capacity, group[start : start + self._chunk_size])
+            for capacity, group in by_capacity.items()
+            for start in range(0, len(group), self._chunk_size)
+        ]
+
+    # --- admission -----------------------------------------------------------------------------
+
+    def _admit_with_retry(self, tenant: str, specs: Sequence[Spec]) -> _Admission:
+        try:
+            return self._admit(tenant, specs)
+        except IntegrityError:
+            # Another replica inserted one of these query ids first: now it exists.
+            return self._admit(tenant, specs)
+
+    def _admit(self, tenant: str, specs: Sequence[Spec]) -> _Admission:
+        """Insert new queries (one transaction) and sort every spec: answer now, send, wait."""
+        admission = _Admission()
+        now = self._clock()
+        with unit_of_work(self._sessions) as session:
+            existing = repo.queries_by_id(session, tenant, (s.query_id for s in specs))
+            codes = repo.codes_by_unified_number(session, tenant, (s.unified_number for s in specs))
+            inserts: list[dict[str, object]] = []
+            failures: list[AccessRecord] = []
+            seen: set[str] = set()
+            for spec in specs:
+                if spec.query_id in seen:
+                    admission.wait.append(spec.query_id)  # same id twice in one request
+                    continue
+                seen.add(spec.query_id)
+                row = existing.get(spec.query_id)
+                if row is not None:
+                    self._admit_existing(tenant, spec, row, codes, admission, now)
+                    continue
+                code = codes.get(spec.unified_number)
+                if code is None:
+                    admission.ready.append(
+                        Outcome(tenant, spec.query_id, QS.QUERY_STATUS_FAILED, NO_LINKAGE_CODE)
+                    )
+                    failures.append(
+                        self._record(
+                            tenant,
+                            spec,
+                            _Result(spec.query_id, QS.QUERY_STATUS_FAILED, NO_LINKAGE_CODE),
+                            now,
+                        )
+                    )
+                    continue
+                inserts.append(self._new_row(tenant, spec, now))
+                admission.send.append((spec, code))
+            repo.insert_queries(session, inserts)
+            self._recorder.append(session, failures)
+        return admission
+
+    def _admit_existing(
+        self,
+        tenant: str,
+        spec: Spec,
+        row: QueryRow,
+        codes: dict[str, str],
+        admission: _Admission,
+        now: datetime,
+    ) -> None:
+        if row.spec_digest != spec.digest():
+            admission.ready.append(
+                Outcome(tenant, spec.query_id, QS.QUERY_STATUS_FAILED, "QUERY_ID_REUSED")
+            )
+        elif row.status != QS.QUERY_STATUS_IN_FLIGHT or row.expires_at <= now:
+            admission.ready.append(self._outcome_of(row))
+        elif (tenant, spec.query_id) in self._sending:
+            admission.wait.append(spec.query_id)
+        elif row.reason == NETWORK_UNAVAILABLE or row.updated_at <= now - self._resend_after:
+            # It never reached the network, or its sender died: sending again is safe because
+            # the network answers a repeated query id with the stored answer.
+            code = codes.get(spec.unified_number)
+            if code is None:
+                admission.ready.append(self._outcome_of(row))
+            else:
+                admission.send.append((spec, code))
+        else:
+            admission.wait.append(spec.query_id)  # another replica is sending it
+
+    def _new_row(self, tenant: str, spec: Spec, now: datetime) -> dict[str, object]:
+        return {
+            "tenant": tenant,
+            "query_id": spec.query_id,
+            "spec_digest": spec.digest(),
+            "requester_capacity": spec.requester_capacity,
+            "procedure": spec.procedure,
+            "provider": spec.provider,
+            "data_items": " ".join(spec.data_items),
+            "unified_number": spec.unified_number,
+            "on_date": spec.on_date,
+            "business_system": spec.business_system,
+            "status": QS.QUERY_STATUS_IN_FLIGHT,
+            "reason": "",
+            "permit_id": "",
+            "requester_key_id": "",
+            "result": None,
+            "created_at": now,
+            "updated_at": now,
+            "expires_at": now + self._retention,
+        }
+
+    # --- sending -------------------------------------------------------------------------------
+
+    async def _dispatch(
+        self, tenant: str, capacity: str, group: list[tuple[Spec, str]]
+    ) -> list[Outcome]:
+        specs = {spec.query_id: spec for spec, _ in group}
+        try:
+            key = await self._keys.current_async(tenant)
+            request = network_pb2.SubmitQueriesRequest(
+                requester=tenant,
+                requester_capacity=capacity,
+                requester_key=key.envelope,
+                queries=[
+                    network_pb2.QuerySubmission(
+                        query_id=spec.query_id,
+                        procedure=spec.procedure,
+                        provider=spec.provider,
+                        data_items=spec.data_items,
+                        linkage_code=code,
+                        on_date=spec.on_date.isoformat(),
+                    )
+                    for spec, code in group
+                ],
+            )
+            try:
+                response = await self._network.submit_queries(tenant, request)
+            except (Unavailable, ResourceExhausted):
+                await asyncio.to_thread(self._mark_unsent, tenant, list(specs), NETWORK_UNAVAILABLE)
+                return [
+                    Outcome(tenant, qid, QS.QUERY_STATUS_IN_FLIGHT, NETWORK_UNAVAILABLE)
+                    for qid in specs
+                ]
+            except LinkageError as error:
+                # The network refused the whole batch (not transient): every query fails.
+                log.warning("batch_refused", tenant=tenant, reason=error.reason)
+                results = [
+                    _Result(qid, QS.QUERY_STATUS_FAILED, _reason(error.reason)) for qid in specs
+                ]
+            else:
+                results = await self._verify(tenant, specs, response)
+            outcomes = await asyncio.to_thread(self._store, tenant, specs, results)
+            self._notifier.publish((tenant, qid) for qid in specs)
+            return outcomes
+        finally:
+            for qid in specs:
+                self._sending.discard((tenant, qid))
+
+    def _mark_unsent(self, tenant: str, query_ids: list[str], reason: str) -> None:
+        with unit_of_work(self._sessions) as session:
+            repo.mark_dispatch_failed(session, tenant, query_ids, reason, self._clock())
+
+    async def _verify(
+        self, tenant: str, specs: dict[str, Spec], response: network_pb2.SubmitQueriesResponse
+    ) -> list[_Result]:
+        """Step 4: turn dispositions and signed answer batches into verified results."""
+        results: dict[str, _Result] = {}
+        permits: dict[str, str] = {}
+        for disposition in response.dispositions:
+            spec = specs.get(disposition.query_id)
+            if spec is None:
+                continue
+            permits[spec.query_id] = disposition.permit_id
+            if disposition.status in (QS.QUERY_STATUS_DENIED, QS.QUERY_STATUS_FAILED):
+                results[spec.query_id] = _Result(
+                    spec.query_id,
+                    disposition.status,
+                    _reason(disposition.reason),
+                    disposition.permit_id,
+                )
+        bad_batches: dict[str, str] = {}
+        for envelope in response.answer_batches:
+            try:
+                batch, opener = await self._open_answers(tenant, envelope)
+            except InvalidArgument as error:
+                bad_batches[envelope.signer] = error.reason
+                continue
+            for answer in batch.answers:
+                spec = specs.get(answer.query_id)
+                if spec is None or spec.provider != batch.provider or answer.query_id in results:
+                    continue
+                if not answer.permit_id or answer.permit_id != permits.get(answer.query_id):
+                    results[answer.query_id] = _Result(
+                        answer.query_id, QS.QUERY_STATUS_FAILED, "ANSWER_PERMIT_MISMATCH"
+                    )
+                    continue
+                results[answer.query_id] = _read_answer(spec, answer, answer.permit_id, opener)
+        for qid, spec in specs.items():
+            if qid not in results:
+                reason = bad_batches.get(spec.provider, "ANSWER_MISSING")
+                results[qid] = _Result(qid, QS.QUERY_STATUS_FAILED, reason, permits.get(qid, ""))
+        return list(results.values())
+
+    async def _open_answers(
+        self, tenant: str, envelope: common_pb2.SignedEnvelope
+    ) -> tuple[payloads_pb2.AnswerBatch, _Opener]:
+        provider = envelope.signer
+        body = await self._directory.open(envelope, provider, reason="ANSWER_SIGNATURE_INVALID")
+        batch = parse(payloads_pb2.AnswerBatch, body, "ANSWER_BATCH_MALFORMED")
+        assert isinstance(batch, payloads_pb2.AnswerBatch)
+        if batch.provider != provider or batch.requester != tenant:
+            raise InvalidArgument("ANSWER_BATCH_MISADDRESSED", "answer batch names other parties")
+        key = await self._keys.find_async(tenant, batch.requester_key_id)
+        if key is None:
+            raise InvalidArgument("UNKNOWN_REQUESTER_KEY", "answers sealed to a key not ours")
+        return batch, _Opener(key, batch.ephemeral_public_key)
+
+    # --- storing -------------------------------------------------------------------------------
+
+    def _store(
+        self, tenant: str, specs: dict[str, Spec], results: Sequence[_Result]
+    ) -> list[Outcome]:
+        """Store results and their records in one transaction; outcomes as stored."""
+        now = self._clock()
+        expires = now + self._retention
+        data_key = self._tenants.get(tenant).data_key
+        rows = []
+        for result in results:
+            sealed = None
+            if result.values:
+                content = payloads_pb2.SealedContent(
+                    permit_id=result.permit_id, values=result.values
+                ).SerializeToString()
+                sealed = data_key.encrypt(content, context=result_context(tenant, result.query_id))
+            rows.append(
+                {
+                    "b_query_id": result.query_id,
+                    "b_permit_id": result.permit_id,
+                    "v_status": result.status,
+                    "v_reason": result.reason,
+                    "v_permit_id": result.permit_id,
+                    "v_requester_key_id": result.key_id,
+                    "v_result": sealed,
+                    "v_updated_at": now,
+                    "v_expires_at": expires,
+                }
+            )
+        with unit_of_work(self._sessions) as session:
+            changed = repo.store_results(session, tenant, rows)
+            if changed == len(rows):
+                self._recorder.append(
+                    session, [self._record(tenant, specs[r.query_id], r, now) for r in results]
+                )
+                return [
+                    Outcome(
+                        tenant,
+                        r.query_id,
+                        r.status,
+                        r.reason,
+                        r.permit_id,
+                        tuple(r.values),
+                        now,
+                        expires,
+                    )
+                    for r in results
+                ]
+        # Some were settled meanwhile (a late answer overtook the reply): record what we did
+        # store and report what the database holds.
+        return self._settle_race(tenant, specs, results, now)
+
+    def _settle_race(
+        self, tenant: str, specs: dict[str, Spec], results: Sequence[_Result], now: datetime
+    ) -> list[Outcome]:
+        with unit_of_work(self._sessions) as session:
+            stored = repo.queries_by_id(session, tenant, (r.query_id for r in results))
+            records = [
+                self._record(tenant, specs[r.query_id], r, now)
+                for r in results
+                if (row := stored.get(r.query_id)) is not None
+                and row.status == r.status
+                and row.updated_at == now
+            ]
+            self._recorder.append(session, records)
+        return [self._outcome_of(row) for row in stored.values()]
+
+    def _record(self, tenant: str, spec: Spec, result: _Result, now: datetime) -> AccessRecord:
+        event, outcome = REQUESTER_EVENTS[result.status]
+        items = [value.data_item for value in result.values] or list(spec.data_items)
+        return record(
+            tenant=tenant,
+            at=now,
+            event=event,
+            outcome=outcome,
+            actor_kind=ActorKind.BUSINESS_SYSTEM,
+            actor_id=spec.business_system or tenant,
+            procedure=spec.procedure,
+            requester=tenant,
+            provider=spec.provider,
+            data_items=items,
+            subject=spec.unified_number,
+            permit_id=result.permit_id,
+            query_id=spec.query_id,
+            reason=result.reason,
+        )
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def _rows(self, tenant: str, query_ids: Iterable[str]) -> dict[str, QueryRow]:
+        with unit_of_work(self._sessions) as session:
+            return repo.queries_by_id(session, tenant, query_ids)
+
+    def _read_outcome(self, tenant: str, query_id: str) -> Outcome | None:
+        now = self._clock()
+        with unit_of_work(self._sessions) as session:
+            row = session.get(QueryRow, (tenant, query_id))
+        if row is None or row.expires_at <= now:
+            return None  # past retention it is gone, whether or not the purge has run
+        return self._outcome_of(row)
+
+    def _outcome_of(self, row: QueryRow) -> Outcome:
+        values: tuple[common_pb2.DuplicateValue, ...] = ()
+        if row.result is not None:
+            data_key = self._tenants.get(row.tenant).data_key
+            plaintext = data_key.decrypt(
+                row.result, context=result_context(row.tenant, row.query_id)
+            )
+            values = tuple(payloads_pb2.SealedContent.FromString(plaintext).values)
+        return Outcome(
+            row.tenant,
+            row.query_id,
+            QS.ValueType(row.status),
+            row.reason,
+            row.permit_id,
+            values,
+            row.updated_at,
+            row.expires_at,
+        )
+
+    def _keep(self, task: asyncio.Task[Any]) -> None:
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+class _Opener:
+    """Opens the answers of one batch: one key agreement, made only if something is sealed."""
+
+    def __init__(self, key: QueryKey, ephemeral_public_key: bytes) -> None:
+        self.key = key
+        self._ephemeral = ephemeral_public_key
+        self._opener: BatchOpener | None = None
+
+    def open(self, nonce: bytes, ciphertext: bytes) -> bytes:
+        if self._opener is None:
+            self._opener = BatchOpener(self.key.private_key, self._ephemeral)
+        return self._opener.open(nonce, ciphertext)
+
+
+def _read_answer(
+    spec: Spec, answer: payloads_pb2.Answer, permit_id: str, opener: _Opener
+) -> _Result:
+    """Check one answer against what we asked and open it (step 4)."""
+
+    def failed(reason: str) -> _Result:
+        return _Result(
+            spec.query_id, QS.QUERY_STATUS_FAILED, reason, permit_id, key_id=opener.key.key_id
+        )
+
+    if answer.status not in ANSWER_STATUSES:
+        return failed("ANSWER_STATUS_INVALID")
+    asked = set(spec.data_items)
+    if not set(answer.data_items) <= asked:
+        return failed("ANSWER_ITEMS_NOT_ASKED")
+    if answer.status != QS.QUERY_STATUS_PROVIDED:
+        return _Result(
+            spec.query_id,
+            answer.status,
+            _reason(answer.reason),
+            permit_id,
+            key_id=opener.key.key_id,
+        )
+    try:
+        plaintext = opener.open(answer.nonce, answer.ciphertext)
+    except InvalidArgument as error:
+        return failed(error.reason)
+    try:
+        content = payloads_pb2.SealedContent.FromString(plaintext)
+    except Exception:  # a DecodeError: the provider sealed garbage
+        return failed("SEALED_CONTENT_MALFORMED")
+    if content.permit_id != permit_id:
+        return failed("SEALED_PERMIT_MISMATCH")
+    if not content.values or any(v.data_item not in answer.data_items for v in content.values):
+        return failed("ANSWER_ITEMS_NOT_ASKED")
+    return _Result(
+        spec.query_id,
+        QS.QUERY_STATUS_PROVIDED,
+        "",
+        permit_id,
+        list(content.values),
+        key_id=opener.key.key_id,
+    )
+
+
+def _spec_of(row: QueryRow) -> Spec:
+    return Spec(
+        row.query_id,
+        row.requester_capacity,
+        row.procedure,
+        row.provider,
+        tuple(row.data_items.split()),
+        row.unified_number,
+        row.on_date,
+        "",
+        row.business_system,
+    )
+
+
+_UPPER_SNAKE = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*")
+
+
+def _reason(text: str) -> str:
+    """A reason from another party, kept only if it is UPPER_SNAKE (records refuse others)."""
+    if not text:
+        return ""
+    return text if _UPPER_SNAKE.fullmatch(text) and len(text) <= 64 else "UNSPECIFIED_REASON"

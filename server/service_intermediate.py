@@ -1,0 +1,267 @@
+"""``IntermediateServerService``: what the organization's unified address server calls.
+
+Thin servicer (既存システム接続機能): binds the caller's certificate (``ua.<code>``) to the
+tenant its request names before anything else (PERMISSION_DENIED otherwise), parses the request
+into domain values, calls the domain and builds the response. Errors are raised as
+``linkage.errors`` and turned into statuses by ``linkage.rpc``.
+
+Must never: look anything up before the tenant check, hold business logic, or call
+``context.abort`` for a domain error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from linkage.errors import FieldViolation, InvalidArgument, PermissionDenied
+from linkage.rpc import caller
+from linkage.v1 import common_pb2, intermediate_server_pb2, intermediate_server_pb2_grpc
+from server.codes import CodeManager
+from server.content import DATA_ITEMS, unified_number_problem
+from server.disclosure import disclose_person
+from server.duplicates import DuplicateStore, ImportBuffer
+from server.queries import Outcome, Requester, Spec, parse_spec
+from server.querykeys import timestamp
+from server.tenancy import Tenant, Tenants, code_of_parent, require_id, split_child_name
+
+pb = intermediate_server_pb2
+DEFAULT_WAIT = 30.0  # seconds a SubmitQuery waits without a deadline
+MAX_WAIT = 300.0
+_SYSTEM_MAX = 128
+
+
+@dataclass(frozen=True)
+class Domain:
+    """The domain handles the servicer calls."""
+
+    tenants: Tenants
+    codes: CodeManager
+    duplicates: DuplicateStore
+    requester: Requester
+    sessions: Any  # sessionmaker[Session], for disclosure
+
+
+def result_message(outcome: Outcome) -> pb.QueryResult:
+    message = pb.QueryResult(
+        name=f"organizations/{outcome.tenant}/queries/{outcome.query_id}",
+        query_id=outcome.query_id,
+        status=outcome.status,
+        reason=outcome.reason,
+        values=outcome.values,
+        permit_id=outcome.permit_id,
+    )
+    if outcome.updated_at is not None:
+        message.updated_at.CopyFrom(timestamp(outcome.updated_at))
+    if outcome.expires_at is not None:
+        message.expires_at.CopyFrom(timestamp(outcome.expires_at))
+    return message
+
+
+def _wait_seconds(context: Any, requested: float | None) -> float:
+    """How long to wait: what was asked, bounded by the call's deadline (minus a margin)."""
+    remaining = context.time_remaining()
+    wait = DEFAULT_WAIT if requested is None else requested
+    if remaining is not None:
+        wait = min(wait, max(remaining - 0.5, 0.0))
+    return max(0.0, min(wait, MAX_WAIT))
+
+
+def _business_system(value: str) -> str:
+    if len(value) > _SYSTEM_MAX or not value.isprintable() or " " in value:
+        raise InvalidArgument(
+            "INVALID_BUSINESS_SYSTEM",
+            "business_system is an id without spaces",
+            violations=(FieldViolation("business_system", "malformed id"),),
+        )
+    return value
+
+
+class IntermediateServerServicer(intermediate_server_pb2_grpc.IntermediateServerServiceServicer):
+    """The thin gRPC edge of code management, the duplicate store and queries."""
+
+    def __init__(self, domain: Domain) -> None:
+        self._d = domain
+
+    def _tenant(self, parent: str) -> Tenant:
+        return self._d.tenants.for_unified_address(caller(), code_of_parent(parent))
+
+    async def AcquireLinkageCode(  # noqa: N802 (gRPC method name)
+        self, request: pb.AcquireLinkageCodeRequest, context: Any
+    ) -> pb.AcquireLinkageCodeResponse:
+        tenant = self._tenant(request.parent)
+        at = await self._d.codes.acquire(
+            tenant, request.unified_number, request.processing_serial, actor=caller()
+        )
+        return pb.AcquireLinkageCodeResponse(acquired_at=timestamp(at))
+
+    async def ImportDuplicates(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterator[pb.ImportDuplicatesRequest], context: Any
+    ) -> pb.ImportDuplicatesResponse:
+        buffer = ImportBuffer()
+        first: pb.ImportDuplicatesRequest | None = None
+        tenant: Tenant | None = None
+        async for chunk in request_iterator:
+            if first is None:
+                tenant = self._tenant(chunk.parent)
+                require_id(chunk.import_id, "import_id")
+                _business_system(chunk.business_system)
+                first = chunk
+            elif (chunk.parent, chunk.import_id) != (first.parent, first.import_id):
+                raise InvalidArgument(
+                    "INCONSISTENT_STREAM",
+                    "every chunk must name the same parent and import_id",
+                    violations=(FieldViolation("import_id", "differs from the first chunk"),),
+                )
+            buffer.add(chunk.records)
+        if first is None or tenant is None:
+            raise InvalidArgument(
+                "EMPTY_IMPORT",
+                "the stream held no chunk",
+                violations=(FieldViolation("records", "no records"),),
+            )
+        buffer.check()
+        result = await asyncio.to_thread(
+            self._d.duplicates.store_import,
+            tenant,
+            first.import_id,
+            first.business_system,
+            buffer.rows,
+        )
+        return pb.ImportDuplicatesResponse(
+            imported=result.imported,
+            superseded=result.superseded,
+            already_imported=result.already_imported,
+        )
+
+    async def ExportDuplicates(  # noqa: N802 (gRPC method name)
+        self, request: pb.ExportDuplicatesRequest, context: Any
+    ) -> AsyncIterator[pb.ExportDuplicatesResponse]:
+        tenant = self._tenant(request.parent)
+        pages = self._d.duplicates.export_pages(tenant, request.data_item, request.include_history)
+        while True:
+            page = await asyncio.to_thread(next, pages, None)
+            if page is None:
+                return
+            yield pb.ExportDuplicatesResponse(records=page)
+
+    async def SetAutoResponseDisabled(  # noqa: N802 (gRPC method name)
+        self, request: pb.SetAutoResponseDisabledRequest, context: Any
+    ) -> pb.SetAutoResponseDisabledResponse:
+        tenant = self._tenant(request.parent)
+        violations = []
+        problem = unified_number_problem(request.unified_number)
+        if problem is not None:
+            violations.append(FieldViolation("unified_number", problem))
+        if request.data_item and request.data_item not in DATA_ITEMS:
+            violations.append(FieldViolation("data_item", "unknown data item"))
+        if violations:
+            raise InvalidArgument("INVALID_REQUEST", "bad flag request", violations=violations)
+        changed = await asyncio.to_thread(
+            self._d.duplicates.set_auto_response_disabled,
+            tenant,
+            request.unified_number,
+            request.data_item,
+            request.disabled,
+        )
+        return pb.SetAutoResponseDisabledResponse(changed=changed)
+
+    async def SubmitQuery(  # noqa: N802 (gRPC method name)
+        self, request: pb.SubmitQueryRequest, context: Any
+    ) -> pb.SubmitQueryResponse:
+        tenant = self._tenant(request.parent)
+        spec = parse_spec(request.query, "query", self._d.requester.today())
+        outcome = await self._d.requester.submit(
+            tenant.code, spec, wait=_wait_seconds(context, None)
+        )
+        return pb.SubmitQueryResponse(result=result_message(outcome))
+
+    async def StreamQueries(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterator[pb.StreamQueriesRequest], context: Any
+    ) -> AsyncIterator[pb.StreamQueriesResponse]:
+        first = await anext(request_iterator, None)
+        if first is None:
+            return
+        tenant = self._tenant(first.parent)
+        specs = self._specs(first, request_iterator)
+        async for outcomes in self._d.requester.stream(tenant.code, specs):
+            yield pb.StreamQueriesResponse(results=[result_message(o) for o in outcomes])
+
+    async def _specs(
+        self,
+        first: pb.StreamQueriesRequest,
+        rest: AsyncIterator[pb.StreamQueriesRequest],
+    ) -> AsyncIterator[list[Spec]]:
+        """Each message's specs, validated whole before any of them is admitted."""
+        yield self._parse_message(first)
+        async for message in rest:
+            if message.parent != first.parent:
+                raise PermissionDenied(
+                    "TENANT_MISMATCH", "every message of a stream must name the same parent"
+                )
+            yield self._parse_message(message)
+
+    def _parse_message(self, message: pb.StreamQueriesRequest) -> list[Spec]:
+        today = self._d.requester.today()
+        specs: list[Spec] = []
+        violations: list[FieldViolation] = []
+        for index, query in enumerate(message.queries):
+            try:
+                specs.append(parse_spec(query, f"queries[{index}]", today))
+            except InvalidArgument as error:
+                violations.extend(error.violations)
+        if violations:
+            raise InvalidArgument(
+                "INVALID_QUERY", f"bad query: {violations[0].field}", violations=violations[:100]
+            )
+        return specs
+
+    async def GetQueryResult(  # noqa: N802 (gRPC method name)
+        self, request: pb.GetQueryResultRequest, context: Any
+    ) -> pb.GetQueryResultResponse:
+        code, query_id = split_child_name(request.name, "queries")
+        tenant = self._d.tenants.for_unified_address(caller(), code)
+        require_id(query_id, "name")
+        requested = request.wait.seconds + request.wait.nanos / 1e9
+        if requested < 0:
+            raise InvalidArgument(
+                "INVALID_WAIT",
+                "wait must not be negative",
+                violations=(FieldViolation("wait", "negative"),),
+            )
+        outcome = await self._d.requester.get(
+            tenant.code, query_id, wait=_wait_seconds(context, requested)
+        )
+        return pb.GetQueryResultResponse(result=result_message(outcome))
+
+    async def DiscloseAccessRecords(  # noqa: N802 (gRPC method name)
+        self, request: pb.DiscloseAccessRecordsRequest, context: Any
+    ) -> pb.DiscloseAccessRecordsResponse:
+        tenant = self._tenant(request.parent)
+        stored = await asyncio.to_thread(
+            disclose_person, self._d.sessions, tenant.code, request.unified_number
+        )
+        entries = []
+        for item in stored:
+            r = item.record
+            stamp = Timestamp()
+            stamp.FromDatetime(r.occurred_at)
+            entries.append(
+                common_pb2.AccessRecordEntry(
+                    occurred_at=stamp,
+                    ledger=r.ledger,
+                    event=r.event.value,
+                    requester=r.requester,
+                    provider=r.provider,
+                    procedure=r.procedure,
+                    data_items=r.data_items,
+                    outcome=r.outcome.value,
+                    reason=r.reason,
+                    actor=r.actor_id,
+                )
+            )
+        return pb.DiscloseAccessRecordsResponse(records=entries)

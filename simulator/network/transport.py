@@ -1,0 +1,87 @@
+"""The gRPC transport from the network to the platforms' InboundService.
+
+Owns the outbound channels (one per endpoint, mutual TLS as ``network``, reused across calls
+and closed on shutdown) and the translation of call failures into ``RouteError``: unreachable
+or too slow is ``PROVIDER_UNAVAILABLE`` (the requester sees a per-query FAILED, never a hang),
+anything the platform refused carries the platform's own reason.
+
+Must never: call without a deadline, or keep a channel after ``close``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import grpc
+
+from linkage.errors import remote_error
+from linkage.rpc import Security
+from linkage.v1 import common_pb2, inbound_pb2, inbound_pb2_grpc
+from simulator.network.routing import PROVIDER_UNAVAILABLE, RouteError
+
+_UNREACHABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+_REASON_RE = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*")
+
+
+class GrpcTransport:
+    """Calls InboundService on platforms; one cached channel per endpoint."""
+
+    def __init__(self, security: Security) -> None:
+        self._security = security
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._lock = asyncio.Lock()
+
+    async def _stub(self, endpoint: str) -> inbound_pb2_grpc.InboundServiceAsyncStub:
+        channel = self._channels.get(endpoint)
+        if channel is None:
+            async with self._lock:
+                channel = self._channels.get(endpoint)
+                if channel is None:
+                    channel = self._security.channel(endpoint)
+                    self._channels[endpoint] = channel
+        return inbound_pb2_grpc.InboundServiceStub(channel)
+
+    async def provide_answers(
+        self, endpoint: str, permit_batch: common_pb2.SignedEnvelope, *, deadline: float
+    ) -> common_pb2.SignedEnvelope:
+        stub = await self._stub(endpoint)
+        request = inbound_pb2.ProvideAnswersRequest(permit_batch=permit_batch)
+        try:
+            response = await stub.ProvideAnswers(request, timeout=deadline)
+        except grpc.aio.AioRpcError as error:
+            raise _failure(error, PROVIDER_UNAVAILABLE, "PROVIDER_ERROR") from None
+        if not response.HasField("answer_batch") or not response.answer_batch.body:
+            raise RouteError("PROVIDER_ERROR", unavailable=False)
+        return response.answer_batch
+
+    async def accept_late_answers(
+        self, endpoint: str, answer_batch: common_pb2.SignedEnvelope, *, deadline: float
+    ) -> int:
+        stub = await self._stub(endpoint)
+        request = inbound_pb2.AcceptLateAnswersRequest(answer_batch=answer_batch)
+        try:
+            response = await stub.AcceptLateAnswers(request, timeout=deadline)
+        except grpc.aio.AioRpcError as error:
+            raise _failure(error, "REQUESTER_UNAVAILABLE", "REQUESTER_ERROR") from None
+        return response.accepted
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        await asyncio.gather(*(channel.close(None) for channel in channels))
+
+
+def _failure(error: grpc.aio.AioRpcError, unavailable: str, refused: str) -> RouteError:
+    if error.code() in _UNREACHABLE:
+        return RouteError(unavailable, unavailable=True)
+    reason = remote_error(error).reason
+    # The platform's own reason (e.g. UNKNOWN_PERMISSION_LIST_VERSION) tells the requester
+    # most; anything not shaped like a reason is reported generically.
+    return RouteError(reason if _REASON_RE.fullmatch(reason) else refused, unavailable=False)

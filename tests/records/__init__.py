@@ -1,0 +1,1 @@
+"""Access-record ledger tests: format, chain, group commit, tamper detection, retention, export."""
