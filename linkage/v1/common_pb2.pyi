@@ -139,7 +139,7 @@ class SignedEnvelope(_message.Message):
     signature: _builtins.bytes
     """Ed25519 signature over `body`."""
     key_id: _builtins.str
-    """Identifier of the signing key (first 16 hex digits of sha256 of the public key)."""
+    """Identifier of the signing key as its holder publishes it (see PublicKey.key_id)."""
     signer: _builtins.str
     """Who signed: an organization code, or "network"."""
     def __init__(
@@ -169,7 +169,9 @@ class PublicKey(_message.Message):
     NOT_BEFORE_FIELD_NUMBER: _builtins.int
     NOT_AFTER_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
-    """Identifier of the key (first 16 hex digits of sha256 of `key`)."""
+    """Identifier of the key, 16 lowercase hex digits, unique per holder (organization keys use
+    the id of their key generation, see linkage.keys; the network's permit keys sha256(key)).
+    """
     key: _builtins.bytes
     """Raw 32-byte public key (Ed25519 for signing keys, X25519 for encryption keys)."""
     @_builtins.property

@@ -58,6 +58,7 @@ from simulator.network.routing import RouteError, Router, RouteResult, batch_id
 log = get_logger(__name__)
 
 QUERY_ID_REUSED = "QUERY_ID_REUSED"
+ADMIT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,12 +160,14 @@ class QueryDesk:
     def _admit_with_retry(
         self, request: BatchRequest, providers: Mapping[str, OrgEntry | None], now: datetime
     ) -> _Admitted:
-        try:
-            return self._admit(request, providers, now)
-        except IntegrityError:
-            # A concurrent retry of the same query ids committed first: its rows now exist,
-            # so a second pass treats them as repeats and routes nothing twice.
-            return self._admit(request, providers, now)
+        for _ in range(ADMIT_ATTEMPTS - 1):
+            try:
+                return self._admit(request, providers, now)
+            except IntegrityError:
+                # A concurrent retry of the same query ids committed first: its rows now
+                # exist, so the next pass treats them as repeats and routes nothing twice.
+                continue
+        return self._admit(request, providers, now)
 
     def _admit(
         self, request: BatchRequest, providers: Mapping[str, OrgEntry | None], now: datetime
