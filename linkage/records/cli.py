@@ -50,13 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="verify ledgers in a database")
     database(verify)
     verify.add_argument("--ledger", required=True, action="append", help="ledger id (repeatable)")
-    verify.add_argument("--keys", type=Path, help="verify-key file (FORMAT.md §8)")
+    verify.add_argument("--keys", type=Path, help="verify-key file (FORMAT.md §9)")
 
     check = sub.add_parser("verify-export", help="verify an export file without a database")
     check.add_argument("file", type=Path)
-    check.add_argument("--keys", type=Path, help="verify-key file (FORMAT.md §8)")
+    check.add_argument("--keys", type=Path, help="verify-key file (FORMAT.md §9)")
 
-    export = sub.add_parser("export", help="write a ledger as JSON lines (FORMAT.md §7)")
+    export = sub.add_parser("export", help="write a ledger as JSON lines (FORMAT.md §8)")
     database(export)
     export.add_argument("--ledger", required=True)
     export.add_argument("--output", type=Path, help="file to write (default: standard output)")

@@ -2,7 +2,7 @@
 
 Owns ``disclose`` (the records about a person, by the subject ids they are known by in this
 database: who looked at their data, when, for what) and ``export_jsonl`` (one ledger with its
-checkpoints, anchors and head as JSON lines, FORMAT.md §7, for ``verify_jsonl`` or any
+checkpoints, anchors and head as JSON lines, FORMAT.md §8, for ``verify_jsonl`` or any
 independent re-implementation).
 
 It only ever reads, and never turns an individual number into a subject: callers pass unified
@@ -147,7 +147,7 @@ def _line(item: Mapping[str, Any]) -> str:
 def export_jsonl(
     session: Session, ledger_id: str, out: TextIO, *, now: datetime | None = None
 ) -> int:
-    """Write ledger ``ledger_id`` to ``out`` as JSON lines (FORMAT.md §7); returns the number
+    """Write ledger ``ledger_id`` to ``out`` as JSON lines (FORMAT.md §8); returns the number
     of records written.
 
     The export is the chain as of its head when the export starts: records appended while it

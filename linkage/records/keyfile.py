@@ -1,6 +1,6 @@
 """Key files of the records tools: verify keys for auditors, a signing key for purges.
 
-Owns two small JSON formats (FORMAT.md §8): a verify-key file ``{"<key_id>": "<64 hex>"}``
+Owns two small JSON formats (FORMAT.md §9): a verify-key file ``{"<key_id>": "<64 hex>"}``
 that anyone may read, and a signing-key file ``{"key_id": "…", "signing_key": "<64 hex>"}``
 that must be owner-only (0600; refused otherwise, as ssh does).
 

@@ -7,9 +7,10 @@ database may hold several ledgers, told apart by the ``ledger`` column.
 
 Rows here are written only by ``Ledger`` (append, checkpoint) and ``purge`` (anchor, then delete
 the anchored prefix). Nothing may ever UPDATE or DELETE an ``access_records`` row otherwise
-(triggers from ``guard_ddl`` refuse it), and no column may ever hold an individual number. Times are integer microseconds since the Unix
-epoch (UTC): exact, portable between SQLite and PostgreSQL, and the very integers that are
-hashed and signed.
+(triggers from ``guard_ddl`` refuse it), and no column may ever hold an individual number.
+
+Times are integer microseconds since the Unix epoch (UTC): exact, portable between SQLite and
+PostgreSQL, and the very integers that are hashed and signed.
 """
 
 from __future__ import annotations

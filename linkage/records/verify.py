@@ -609,7 +609,7 @@ def _is_record_line(line: str) -> bool:
 
 
 class _JsonlSource:
-    """Reads an export (FORMAT.md §7). Small line types are loaded up front; records stream."""
+    """Reads an export (FORMAT.md §8). Small line types are loaded up front; records stream."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
