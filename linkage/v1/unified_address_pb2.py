@@ -27,15 +27,15 @@ from linkage.v1 import common_pb2 as linkage_dot_v1_dot_common__pb2
 from linkage.v1 import intermediate_server_pb2 as linkage_dot_v1_dot_intermediate__server__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n linkage/v1/unified_address.proto\x12\nlinkage.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17linkage/v1/common.proto\x1a$linkage/v1/intermediate_server.proto\"J\n\x15RegisterPersonRequest\x12\x16\n\x0e\x61\x64\x64ress_number\x18\x01 \x01(\t\x12\x19\n\x11individual_number\x18\x02 \x01(\t\"z\n\x16RegisterPersonResponse\x12\x16\n\x0eunified_number\x18\x01 \x01(\t\x12+\n\x0b\x63ode_status\x18\x02 \x01(\x0e\x32\x16.linkage.v1.CodeStatus\x12\x1b\n\x13\x63ode_failure_reason\x18\x03 \x01(\t\")\n\x18RetryCodeRequestsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"=\n\x19RetryCodeRequestsResponse\x12\x10\n\x08\x61\x63quired\x18\x01 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x02 \x01(\x05\"w\n\x12\x41\x64\x64ressedDuplicate\x12\x16\n\x0e\x61\x64\x64ress_number\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.linkage.v1.DuplicateValue\x12\x1e\n\x16\x61uto_response_disabled\x18\x03 \x01(\x08\"^\n\x15PushDuplicatesRequest\x12\x11\n\timport_id\x18\x01 \x01(\t\x12\x32\n\nduplicates\x18\x02 \x03(\x0b\x32\x1e.linkage.v1.AddressedDuplicate\"D\n\x16PushDuplicatesResponse\x12\x10\n\x08imported\x18\x01 \x01(\x03\x12\x18\n\x10\x61lready_imported\x18\x02 \x01(\x08\"\x88\x01\n\x12QueryPersonRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x11\n\tprocedure\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x12\n\ndata_items\x18\x04 \x03(\t\x12\x16\n\x0e\x61\x64\x64ress_number\x18\x05 \x01(\t\x12\x0f\n\x07on_date\x18\x06 \x01(\t\">\n\x13QueryPersonResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.linkage.v1.QueryResult\"X\n\x1bGetPersonQueryResultRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\'\n\x04wait\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"G\n\x1cGetPersonQueryResultResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.linkage.v1.QueryResult*z\n\nCodeStatus\x12\x1b\n\x17\x43ODE_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x43ODE_STATUS_NOT_REQUESTED\x10\x01\x12\x18\n\x14\x43ODE_STATUS_ACQUIRED\x10\x02\x12\x16\n\x12\x43ODE_STATUS_FAILED\x10\x03\x32\xe6\x03\n\x15UnifiedAddressService\x12W\n\x0eRegisterPerson\x12!.linkage.v1.RegisterPersonRequest\x1a\".linkage.v1.RegisterPersonResponse\x12`\n\x11RetryCodeRequests\x12$.linkage.v1.RetryCodeRequestsRequest\x1a%.linkage.v1.RetryCodeRequestsResponse\x12W\n\x0ePushDuplicates\x12!.linkage.v1.PushDuplicatesRequest\x1a\".linkage.v1.PushDuplicatesResponse\x12N\n\x0bQueryPerson\x12\x1e.linkage.v1.QueryPersonRequest\x1a\x1f.linkage.v1.QueryPersonResponse\x12i\n\x14GetPersonQueryResult\x12\'.linkage.v1.GetPersonQueryResultRequest\x1a(.linkage.v1.GetPersonQueryResultResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n linkage/v1/unified_address.proto\x12\nlinkage.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17linkage/v1/common.proto\x1a$linkage/v1/intermediate_server.proto\"J\n\x15RegisterPersonRequest\x12\x16\n\x0e\x61\x64\x64ress_number\x18\x01 \x01(\t\x12\x19\n\x11individual_number\x18\x02 \x01(\t\"z\n\x16RegisterPersonResponse\x12\x16\n\x0eunified_number\x18\x01 \x01(\t\x12+\n\x0b\x63ode_status\x18\x02 \x01(\x0e\x32\x16.linkage.v1.CodeStatus\x12\x1b\n\x13\x63ode_failure_reason\x18\x03 \x01(\t\")\n\x18RetryCodeRequestsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"=\n\x19RetryCodeRequestsResponse\x12\x10\n\x08\x61\x63quired\x18\x01 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x02 \x01(\x05\"w\n\x12\x41\x64\x64ressedDuplicate\x12\x16\n\x0e\x61\x64\x64ress_number\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.linkage.v1.DuplicateValue\x12\x1e\n\x16\x61uto_response_disabled\x18\x03 \x01(\x08\"^\n\x15PushDuplicatesRequest\x12\x11\n\timport_id\x18\x01 \x01(\t\x12\x32\n\nduplicates\x18\x02 \x03(\x0b\x32\x1e.linkage.v1.AddressedDuplicate\"D\n\x16PushDuplicatesResponse\x12\x10\n\x08imported\x18\x01 \x01(\x03\x12\x18\n\x10\x61lready_imported\x18\x02 \x01(\x08\"\x88\x01\n\x12QueryPersonRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x11\n\tprocedure\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x12\n\ndata_items\x18\x04 \x03(\t\x12\x16\n\x0e\x61\x64\x64ress_number\x18\x05 \x01(\t\x12\x0f\n\x07on_date\x18\x06 \x01(\t\">\n\x13QueryPersonResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.linkage.v1.QueryResult\"M\n\x1aStreamPersonQueriesRequest\x12/\n\x07queries\x18\x01 \x03(\x0b\x32\x1e.linkage.v1.QueryPersonRequest\"G\n\x1bStreamPersonQueriesResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.linkage.v1.QueryResult\"X\n\x1bGetPersonQueryResultRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\'\n\x04wait\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"G\n\x1cGetPersonQueryResultResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.linkage.v1.QueryResult*z\n\nCodeStatus\x12\x1b\n\x17\x43ODE_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x43ODE_STATUS_NOT_REQUESTED\x10\x01\x12\x18\n\x14\x43ODE_STATUS_ACQUIRED\x10\x02\x12\x16\n\x12\x43ODE_STATUS_FAILED\x10\x03\x32\xd2\x04\n\x15UnifiedAddressService\x12W\n\x0eRegisterPerson\x12!.linkage.v1.RegisterPersonRequest\x1a\".linkage.v1.RegisterPersonResponse\x12`\n\x11RetryCodeRequests\x12$.linkage.v1.RetryCodeRequestsRequest\x1a%.linkage.v1.RetryCodeRequestsResponse\x12W\n\x0ePushDuplicates\x12!.linkage.v1.PushDuplicatesRequest\x1a\".linkage.v1.PushDuplicatesResponse\x12N\n\x0bQueryPerson\x12\x1e.linkage.v1.QueryPersonRequest\x1a\x1f.linkage.v1.QueryPersonResponse\x12i\n\x14GetPersonQueryResult\x12\'.linkage.v1.GetPersonQueryResultRequest\x1a(.linkage.v1.GetPersonQueryResultResponse\x12j\n\x13StreamPersonQueries\x12&.linkage.v1.StreamPersonQueriesRequest\x1a\'.linkage.v1.StreamPersonQueriesResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'linkage.v1.unified_address_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CODESTATUS']._serialized_start=1102
-  _globals['_CODESTATUS']._serialized_end=1224
+  _globals['_CODESTATUS']._serialized_start=1254
+  _globals['_CODESTATUS']._serialized_end=1376
   _globals['_REGISTERPERSONREQUEST']._serialized_start=143
   _globals['_REGISTERPERSONREQUEST']._serialized_end=217
   _globals['_REGISTERPERSONRESPONSE']._serialized_start=219
@@ -54,10 +54,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUERYPERSONREQUEST']._serialized_end=873
   _globals['_QUERYPERSONRESPONSE']._serialized_start=875
   _globals['_QUERYPERSONRESPONSE']._serialized_end=937
-  _globals['_GETPERSONQUERYRESULTREQUEST']._serialized_start=939
-  _globals['_GETPERSONQUERYRESULTREQUEST']._serialized_end=1027
-  _globals['_GETPERSONQUERYRESULTRESPONSE']._serialized_start=1029
-  _globals['_GETPERSONQUERYRESULTRESPONSE']._serialized_end=1100
-  _globals['_UNIFIEDADDRESSSERVICE']._serialized_start=1227
-  _globals['_UNIFIEDADDRESSSERVICE']._serialized_end=1713
+  _globals['_STREAMPERSONQUERIESREQUEST']._serialized_start=939
+  _globals['_STREAMPERSONQUERIESREQUEST']._serialized_end=1016
+  _globals['_STREAMPERSONQUERIESRESPONSE']._serialized_start=1018
+  _globals['_STREAMPERSONQUERIESRESPONSE']._serialized_end=1089
+  _globals['_GETPERSONQUERYRESULTREQUEST']._serialized_start=1091
+  _globals['_GETPERSONQUERYRESULTREQUEST']._serialized_end=1179
+  _globals['_GETPERSONQUERYRESULTRESPONSE']._serialized_start=1181
+  _globals['_GETPERSONQUERYRESULTRESPONSE']._serialized_end=1252
+  _globals['_UNIFIEDADDRESSSERVICE']._serialized_start=1379
+  _globals['_UNIFIEDADDRESSSERVICE']._serialized_end=1973
 # @@protoc_insertion_point(module_scope)

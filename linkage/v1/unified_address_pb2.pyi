@@ -313,6 +313,54 @@ class QueryPersonResponse(_message.Message):
 Global___QueryPersonResponse: _TypeAlias = QueryPersonResponse  # noqa: Y015
 
 @_typing.final
+class StreamPersonQueriesRequest(_message.Message):
+    """One message of a batch query stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def queries(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueryPersonRequest]:
+        """The queries of this message (at most 5000)."""
+
+    def __init__(
+        self,
+        *,
+        queries: _abc.Iterable[Global___QueryPersonRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["queries", b"queries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamPersonQueriesRequest: _TypeAlias = StreamPersonQueriesRequest  # noqa: Y015
+
+@_typing.final
+class StreamPersonQueriesResponse(_message.Message):
+    """One message of the result stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[_intermediate_server_pb2.QueryResult]:
+        """Results, in any order; `query_id` is the caller's."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[_intermediate_server_pb2.QueryResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamPersonQueriesResponse: _TypeAlias = StreamPersonQueriesResponse  # noqa: Y015
+
+@_typing.final
 class GetPersonQueryResultRequest(_message.Message):
     """Request of GetPersonQueryResult."""
 

@@ -62,6 +62,11 @@ class UnifiedAddressServiceStub:
                 request_serializer=linkage_dot_v1_dot_unified__address__pb2.GetPersonQueryResultRequest.SerializeToString,
                 response_deserializer=linkage_dot_v1_dot_unified__address__pb2.GetPersonQueryResultResponse.FromString,
                 _registered_method=True)
+        self.StreamPersonQueries = channel.stream_stream(
+                '/linkage.v1.UnifiedAddressService/StreamPersonQueries',
+                request_serializer=linkage_dot_v1_dot_unified__address__pb2.StreamPersonQueriesRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_unified__address__pb2.StreamPersonQueriesResponse.FromString,
+                _registered_method=True)
 
 
 class UnifiedAddressServiceServicer:
@@ -111,6 +116,17 @@ class UnifiedAddressServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamPersonQueries(self, request_iterator, context):
+        """Batch query (一括照会) by address numbers: a stream of queries in, results out as they
+        complete (any order). Each query is checked like QueryPerson; a query that fails its own
+        checks comes back FAILED with a reason instead of ending the stream. Errors for the whole
+        stream: PERMISSION_DENIED (caller not a business system), RESOURCE_EXHAUSTED (message too
+        large).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UnifiedAddressServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -138,6 +154,11 @@ def add_UnifiedAddressServiceServicer_to_server(servicer, server):
                     servicer.GetPersonQueryResult,
                     request_deserializer=linkage_dot_v1_dot_unified__address__pb2.GetPersonQueryResultRequest.FromString,
                     response_serializer=linkage_dot_v1_dot_unified__address__pb2.GetPersonQueryResultResponse.SerializeToString,
+            ),
+            'StreamPersonQueries': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamPersonQueries,
+                    request_deserializer=linkage_dot_v1_dot_unified__address__pb2.StreamPersonQueriesRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_unified__address__pb2.StreamPersonQueriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -278,6 +299,33 @@ class UnifiedAddressService:
             '/linkage.v1.UnifiedAddressService/GetPersonQueryResult',
             linkage_dot_v1_dot_unified__address__pb2.GetPersonQueryResultRequest.SerializeToString,
             linkage_dot_v1_dot_unified__address__pb2.GetPersonQueryResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamPersonQueries(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/linkage.v1.UnifiedAddressService/StreamPersonQueries',
+            linkage_dot_v1_dot_unified__address__pb2.StreamPersonQueriesRequest.SerializeToString,
+            linkage_dot_v1_dot_unified__address__pb2.StreamPersonQueriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

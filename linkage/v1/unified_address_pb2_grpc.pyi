@@ -57,6 +57,13 @@ class UnifiedAddressServiceStub:
     """
     GetPersonQueryResult: _grpc.UnaryUnaryMultiCallable[_unified_address_pb2.GetPersonQueryResultRequest, _unified_address_pb2.GetPersonQueryResultResponse]
     """Reads a query result, optionally waiting. Errors: NOT_FOUND."""
+    StreamPersonQueries: _grpc.StreamStreamMultiCallable[_unified_address_pb2.StreamPersonQueriesRequest, _unified_address_pb2.StreamPersonQueriesResponse]
+    """Batch query (一括照会) by address numbers: a stream of queries in, results out as they
+    complete (any order). Each query is checked like QueryPerson; a query that fails its own
+    checks comes back FAILED with a reason instead of ending the stream. Errors for the whole
+    stream: PERMISSION_DENIED (caller not a business system), RESOURCE_EXHAUSTED (message too
+    large).
+    """
 
 @_typing.type_check_only
 class UnifiedAddressServiceAsyncStub(UnifiedAddressServiceStub):
@@ -85,6 +92,13 @@ class UnifiedAddressServiceAsyncStub(UnifiedAddressServiceStub):
     """
     GetPersonQueryResult: _aio.UnaryUnaryMultiCallable[_unified_address_pb2.GetPersonQueryResultRequest, _unified_address_pb2.GetPersonQueryResultResponse]  # type: ignore[assignment]
     """Reads a query result, optionally waiting. Errors: NOT_FOUND."""
+    StreamPersonQueries: _aio.StreamStreamMultiCallable[_unified_address_pb2.StreamPersonQueriesRequest, _unified_address_pb2.StreamPersonQueriesResponse]  # type: ignore[assignment]
+    """Batch query (一括照会) by address numbers: a stream of queries in, results out as they
+    complete (any order). Each query is checked like QueryPerson; a query that fails its own
+    checks comes back FAILED with a reason instead of ending the stream. Errors for the whole
+    stream: PERMISSION_DENIED (caller not a business system), RESOURCE_EXHAUSTED (message too
+    large).
+    """
 
 class UnifiedAddressServiceServicer(metaclass=_abc_1.ABCMeta):
     """Called by business systems, identified by their certificate ("bs.{org}.{system}"); each
@@ -140,5 +154,18 @@ class UnifiedAddressServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_unified_address_pb2.GetPersonQueryResultResponse, _abc.Awaitable[_unified_address_pb2.GetPersonQueryResultResponse]]:
         """Reads a query result, optionally waiting. Errors: NOT_FOUND."""
+
+    @_abc_1.abstractmethod
+    def StreamPersonQueries(
+        self,
+        request_iterator: _MaybeAsyncIterator[_unified_address_pb2.StreamPersonQueriesRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_unified_address_pb2.StreamPersonQueriesResponse], _abc.AsyncIterator[_unified_address_pb2.StreamPersonQueriesResponse]]:
+        """Batch query (一括照会) by address numbers: a stream of queries in, results out as they
+        complete (any order). Each query is checked like QueryPerson; a query that fails its own
+        checks comes back FAILED with a reason instead of ending the stream. Errors for the whole
+        stream: PERMISSION_DENIED (caller not a business system), RESOURCE_EXHAUSTED (message too
+        large).
+        """
 
 def add_UnifiedAddressServiceServicer_to_server(servicer: UnifiedAddressServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
