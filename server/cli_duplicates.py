@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
     from server.duplicates import DuplicateStore
@@ -103,6 +104,10 @@ class _Store:
     store: DuplicateStore
     tenant: Tenant
     sessions: sessionmaker[Session]
+    engine: Engine
+
+    def close(self) -> None:
+        self.engine.dispose()
 
 
 def _open_store(args: argparse.Namespace) -> _Store:
@@ -131,10 +136,10 @@ def _open_store(args: argparse.Namespace) -> _Store:
     tenants = Tenants.load([config], key_dir)
     ring = KeyRing.load_or_create(key_dir, f"platform-{args.platform}")
     recorder = Recorder(Ledger(ring.current.signing_key, ring.current.key_id))
-    sessions = db.session_factory(db.make_engine(url))
-    return _Store(
-        DuplicateStore(sessions, recorder, system_clock), tenants.get(args.tenant), sessions
-    )
+    engine = db.make_engine(url)
+    sessions = db.session_factory(engine)
+    store = DuplicateStore(sessions, recorder, system_clock)
+    return _Store(store, tenants.get(args.tenant), sessions, engine)
 
 
 class _Progress:
@@ -197,7 +202,12 @@ def _import(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     opened = _open_store(args)
     started = time.monotonic()
-    result = opened.store.store_import(opened.tenant, import_id, args.business_system, buffer.rows)
+    try:
+        result = opened.store.store_import(
+            opened.tenant, import_id, args.business_system, buffer.rows
+        )
+    finally:
+        opened.close()
     elapsed = max(time.monotonic() - started, 1e-9)
     if result.already_imported:
         print(f"import {import_id} was already imported; nothing stored again", file=sys.stderr)
@@ -246,6 +256,7 @@ def _export(args: argparse.Namespace) -> int:
     except LinkageError as error:
         raise _UsageError(error.message) from None
     finally:
+        opened.close()
         if args.output:
             output.close()
     progress.update(count, final=True)
@@ -275,11 +286,15 @@ def _reconcile(args: argparse.Namespace) -> int:
     items = {item for _, item, _ in originals}
     opened = _open_store(args)
     stored: dict[tuple[str, str, str], bytes] = {}
-    for page in opened.store.export_pages(opened.tenant, "", include_history=False):
-        for record in page:
-            if record.value.data_item in items:
-                key = (record.unified_number, record.value.data_item, record.value.effective_from)
-                stored[key] = record.value.content.SerializeToString(deterministic=True)
+    try:
+        for page in opened.store.export_pages(opened.tenant, "", include_history=False):
+            for record in page:
+                if record.value.data_item in items:
+                    value = record.value
+                    key = (record.unified_number, value.data_item, value.effective_from)
+                    stored[key] = value.content.SerializeToString(deterministic=True)
+    finally:
+        opened.close()
     differences = 0
     for key, (line, content) in sorted(originals.items(), key=lambda kv: kv[1][0]):
         if key not in stored:

@@ -12,6 +12,7 @@ put a personal value into a violation's text, or import grpc.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from datetime import date
@@ -31,6 +32,7 @@ _UNIFIED_NUMBER = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 _INDIVIDUAL_NUMBER_SHAPE = re.compile(r"[0-9]{12}")
 
 
+@functools.lru_cache(maxsize=4096)  # a bulk import repeats a handful of dates
 def parse_iso_date(text: str) -> date | None:
     """``YYYY-MM-DD`` → date; anything else (including ``20260601``) → None."""
     if _ISO_DATE.fullmatch(text) is None:
@@ -39,6 +41,11 @@ def parse_iso_date(text: str) -> date | None:
         return date.fromisoformat(text)
     except ValueError:
         return None
+
+
+@functools.lru_cache(maxsize=4096)  # a bulk import repeats a handful of organization codes
+def _is_code(value: str) -> bool:
+    return _CODE.fullmatch(value) is not None
 
 
 def unified_number_problem(text: str) -> str | None:
@@ -75,7 +82,7 @@ class _Checker:
     def code(self, name: str, value: str, *, optional: bool = False) -> None:
         if optional and not value:
             return
-        if _CODE.fullmatch(value) is None:
+        if not _is_code(value):
             self.fail(name, "must be an organization code [a-z0-9-], at most 32 characters")
 
     def text(self, name: str, value: str, *, max_length: int = 64) -> None:

@@ -95,11 +95,13 @@ class ImportBuffer:
 
     def _add_one(self, item: intermediate_server_pb2.DuplicateRecord, index: int) -> None:
         prefix = f"records[{index}]"
+        number = item.unified_number
+        value = item.value
         problems: list[FieldViolation] = []
-        number_problem = unified_number_problem(item.unified_number)
+        number_problem = unified_number_problem(number)
         if number_problem is not None:
             problems.append(FieldViolation(f"{prefix}.unified_number", number_problem))
-        value_problems, start, end = value_violations(item.value, f"{prefix}.value")
+        value_problems, start, end = value_violations(value, f"{prefix}.value")
         problems.extend(value_problems)
         if problems:
             room = MAX_VIOLATIONS - len(self.violations)
@@ -110,11 +112,11 @@ class ImportBuffer:
         assert start is not None
         self.rows.append(
             StagedRow(
-                item.unified_number,
-                item.value.data_item,
+                number,
+                value.data_item,
                 start,
                 end,
-                item.value.content.SerializeToString(),
+                value.content.SerializeToString(),
                 item.auto_response_disabled,
             )
         )
@@ -213,21 +215,26 @@ class DuplicateStore:
     def store_import(
         self, tenant: Tenant, import_id: str, business_system: str, rows: Sequence[StagedRow]
     ) -> ImportResult:
-        """Store a validated import in one transaction (blocking: run it in a thread)."""
-        try:
-            with unit_of_work(self._sessions) as session:
-                done = repo.find_import(session, tenant.code, import_id)
+        """Store a validated import in one transaction (blocking: run it in a thread).
+
+        A unique-key conflict means someone committed first: the same import id (then this is
+        a repeat) or another import of the same people (then versions are worked out again).
+        """
+        for attempt in range(3):
+            try:
+                with unit_of_work(self._sessions) as session:
+                    done = repo.find_import(session, tenant.code, import_id)
+                    if done is not None:
+                        return ImportResult(done.imported, done.superseded, already_imported=True)
+                    return self._store(session, tenant, import_id, business_system, rows)
+            except IntegrityError:
+                with unit_of_work(self._sessions) as session:
+                    done = repo.find_import(session, tenant.code, import_id)
                 if done is not None:
                     return ImportResult(done.imported, done.superseded, already_imported=True)
-                result = self._store(session, tenant, import_id, business_system, rows)
-        except IntegrityError:
-            # A concurrent import with the same id committed first: ours is a repeat.
-            with unit_of_work(self._sessions) as session:
-                done = repo.find_import(session, tenant.code, import_id)
-            if done is None:
-                raise
-            return ImportResult(done.imported, done.superseded, already_imported=True)
-        return result
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def _store(
         self,

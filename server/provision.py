@@ -175,8 +175,11 @@ class Provider:
             or not permit.HasField("expires_at")
         ):
             verdict.decide(failed, "PERMIT_MALFORMED")
-        elif permit.requester != key.organization or permit.route != permit.requester:
+        elif permit.requester != key.organization:
             verdict.decide(failed, "REQUESTER_KEY_MISMATCH")
+        elif permit.route != permit.requester:
+            # The answer goes back along the route: it must lead to the requester.
+            verdict.decide(failed, "ROUTE_MISMATCH")
         elif permit.expires_at.ToDatetime(now.tzinfo) <= now:
             verdict.decide(failed, "PERMIT_EXPIRED")
         elif permit.permission_list_version != self._permissions.version:
@@ -254,15 +257,12 @@ class Provider:
                 continue
             used.add(nonce)
             fresh.append(verdict)
+        tz = self._clock().tzinfo
         repo.add_nonces(
             session,
+            tenant.code,
             [
-                {
-                    "tenant": tenant.code,
-                    "nonce": v.permit.nonce,
-                    "permit_id": v.permit.permit_id,
-                    "expires_at": v.permit.expires_at.ToDatetime(self._clock().tzinfo),
-                }
+                (v.permit.nonce, v.permit.permit_id, v.permit.expires_at.ToDatetime(tz))
                 for v in fresh
             ],
         )

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from linkage.crypto import BatchOpener
 from linkage.db import unit_of_work
 from linkage.errors import (
+    AlreadyExists,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
@@ -69,6 +70,7 @@ JST = timezone(timedelta(hours=9), "JST")  # "today" of a query is today in Japa
 MAX_ITEMS = 16
 NETWORK_UNAVAILABLE = "NETWORK_UNAVAILABLE"
 NO_LINKAGE_CODE = "NO_LINKAGE_CODE"
+QUERY_ID_REUSED = "QUERY_ID_REUSED"
 _WORD = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
 _PROCEDURE = re.compile(r"[a-z0-9][a-z0-9:_-]{0,63}")
 _SYSTEM = re.compile(r"[A-Za-z0-9._:-]{0,128}")
@@ -220,6 +222,8 @@ class Requester:
         self._sending: set[tuple[str, str]] = set()  # queries this process is sending now
         self._notifier = Notifier()
         self._background: set[asyncio.Task[object]] = set()
+        self._gathering: dict[str, _Gathering] = {}  # single queries waiting to go, by tenant
+        self._groups_in_flight: dict[str, int] = {}
 
     def today(self) -> date:
         return self._clock().astimezone(JST).date()
@@ -227,14 +231,62 @@ class Requester:
     # --- entry points ------------------------------------------------------------------------
 
     async def submit(self, tenant: str, spec: Spec, *, wait: float) -> Outcome:
-        """One query, waiting up to ``wait`` seconds for a final outcome."""
-        outcomes = [o async for chunk in self._run(tenant, [spec], wait) for o in chunk]
-        outcome = outcomes[0]
+        """One query, waiting up to ``wait`` seconds for it to leave the platform.
+
+        Concurrent single queries of a tenant travel together: while ``max_in_flight`` groups
+        are on their way, new ones gather into the next group (up to ``chunk_size``), so under
+        load the network sees batches and the database one transaction per group, and an
+        unloaded query leaves at once.
+        """
+        future = self._gather(tenant, spec, wait)
+        outcome = await asyncio.shield(future)  # a caller giving up must not cancel the group
         if outcome.status == QS.QUERY_STATUS_FAILED and outcome.reason == NO_LINKAGE_CODE:
             raise FailedPrecondition(NO_LINKAGE_CODE, "the person has no linkage code here yet")
+        if outcome.status == QS.QUERY_STATUS_FAILED and outcome.reason == QUERY_ID_REUSED:
+            raise AlreadyExists(
+                QUERY_ID_REUSED, "this query id was already used for a different query"
+            )
         if outcome.status == QS.QUERY_STATUS_IN_FLIGHT and outcome.reason == NETWORK_UNAVAILABLE:
             raise Unavailable(NETWORK_UNAVAILABLE, "the network could not be reached; retry")
         return outcome
+
+    def _gather(self, tenant: str, spec: Spec, wait: float) -> asyncio.Future[Outcome]:
+        group = self._gathering.get(tenant)
+        if group is not None and not group.accepts(spec):
+            self._flush(tenant)  # the same id asked differently: keep it out of this group
+            group = None
+        if group is None:
+            group = self._gathering[tenant] = _Gathering()
+        future = group.add(spec, wait)
+        if (
+            self._groups_in_flight.get(tenant, 0) < self._max_in_flight
+            or len(group.specs) >= self._chunk_size
+        ):
+            self._flush(tenant)
+        return future
+
+    def _flush(self, tenant: str) -> None:
+        group = self._gathering.pop(tenant, None)
+        if group is None or not group.specs:
+            return
+        self._groups_in_flight[tenant] = self._groups_in_flight.get(tenant, 0) + 1
+        self._keep(asyncio.create_task(self._run_group(tenant, group)))
+
+    async def _run_group(self, tenant: str, group: _Gathering) -> None:
+        try:
+            async for outcomes in self._run(tenant, group.specs, group.wait):
+                group.resolve(outcomes)
+            if group.futures:  # answered by nobody (cannot happen): say what is stored
+                for query_id in list(group.futures):
+                    group.resolve([await self.get(tenant, query_id, wait=0)])
+        except BaseException as error:
+            group.fail(error)
+            if not isinstance(error, Exception):
+                raise
+        finally:
+            self._groups_in_flight[tenant] -= 1
+            if tenant in self._gathering:
+                self._flush(tenant)  # whoever gathered meanwhile goes now
 
     async def stream(
         self, tenant: str, batches: AsyncIterator[list[Spec]], *, wait: float = 30.0
@@ -296,15 +348,18 @@ class Requester:
         ids = [answer.query_id for answer in batch.answers]
         rows = await asyncio.to_thread(self._rows, tenant, ids)
         key = await self._keys.find_async(tenant, batch.requester_key_id)
-        if key is None:
+        if key is None and any(a.status == QS.QUERY_STATUS_PROVIDED for a in batch.answers):
             raise InvalidArgument("UNKNOWN_REQUESTER_KEY", "answers are sealed to no key of ours")
-        opener = _Opener(key, batch.ephemeral_public_key)
+        opener = _Opener(batch.requester_key_id, key, batch.ephemeral_public_key)
+        now = self._clock()
         results: list[_Result] = []
         specs: dict[str, Spec] = {}
         for answer in batch.answers:
             row = rows.get(answer.query_id)
             if row is None or row.provider != provider or row.status in FINAL:
                 continue  # unknown, not from this provider, or already settled
+            if row.expires_at <= now:
+                continue  # past retention: the requester no longer keeps this query
             if row.permit_id and row.permit_id != answer.permit_id:
                 continue
             spec = _spec_of(row)
@@ -407,7 +462,13 @@ class Requester:
             for finished in asyncio.as_completed(tasks):
                 yield await finished
             if waits:
-                yield [await waiting for waiting in waits]
+                settled = await asyncio.gather(*waits, return_exceptions=True)
+                yield [
+                    item
+                    if isinstance(item, Outcome)
+                    else Outcome(tenant, qid, QS.QUERY_STATUS_FAILED, _error_reason(item))
+                    for qid, item in zip(admission.wait, settled, strict=True)
+                ]
         finally:
             for waiting in waits:
                 waiting.cancel()
@@ -439,7 +500,7 @@ class Requester:
         with unit_of_work(self._sessions) as session:
             existing = repo.queries_by_id(session, tenant, (s.query_id for s in specs))
             codes = repo.codes_by_unified_number(session, tenant, (s.unified_number for s in specs))
-            inserts: list[dict[str, object]] = []
+            inserts: list[tuple[object, ...]] = []
             failures: list[AccessRecord] = []
             seen: set[str] = set()
             for spec in specs:
@@ -465,9 +526,9 @@ class Requester:
                         )
                     )
                     continue
-                inserts.append(self._new_row(tenant, spec, now))
+                inserts.append(self._new_row(spec))
                 admission.send.append((spec, code))
-            repo.insert_queries(session, inserts)
+            repo.insert_queries(session, tenant, inserts, now, now + self._retention)
             self._recorder.append(session, failures)
         return admission
 
@@ -482,7 +543,7 @@ class Requester:
     ) -> None:
         if row.spec_digest != spec.digest():
             admission.ready.append(
-                Outcome(tenant, spec.query_id, QS.QUERY_STATUS_FAILED, "QUERY_ID_REUSED")
+                Outcome(tenant, spec.query_id, QS.QUERY_STATUS_FAILED, QUERY_ID_REUSED)
             )
         elif row.status != QS.QUERY_STATUS_IN_FLIGHT or row.expires_at <= now:
             admission.ready.append(self._outcome_of(row))
@@ -499,27 +560,20 @@ class Requester:
         else:
             admission.wait.append(spec.query_id)  # another replica is sending it
 
-    def _new_row(self, tenant: str, spec: Spec, now: datetime) -> dict[str, object]:
-        return {
-            "tenant": tenant,
-            "query_id": spec.query_id,
-            "spec_digest": spec.digest(),
-            "requester_capacity": spec.requester_capacity,
-            "procedure": spec.procedure,
-            "provider": spec.provider,
-            "data_items": " ".join(spec.data_items),
-            "unified_number": spec.unified_number,
-            "on_date": spec.on_date,
-            "business_system": spec.business_system,
-            "status": QS.QUERY_STATUS_IN_FLIGHT,
-            "reason": "",
-            "permit_id": "",
-            "requester_key_id": "",
-            "result": None,
-            "created_at": now,
-            "updated_at": now,
-            "expires_at": now + self._retention,
-        }
+    @staticmethod
+    def _new_row(spec: Spec) -> tuple[object, ...]:
+        """A new query's row, in ``repo.QUERY_COLUMNS`` order."""
+        return (
+            spec.query_id,
+            spec.digest(),
+            spec.requester_capacity,
+            spec.procedure,
+            spec.provider,
+            " ".join(spec.data_items),
+            spec.unified_number,
+            spec.on_date,
+            spec.business_system,
+        )
 
     # --- sending -------------------------------------------------------------------------------
 
@@ -591,11 +645,17 @@ class Requester:
                     disposition.permit_id,
                 )
         bad_batches: dict[str, str] = {}
+        unverified: set[str] = set()
         for envelope in response.answer_batches:
             try:
                 batch, opener = await self._open_answers(tenant, envelope)
             except InvalidArgument as error:
                 bad_batches[envelope.signer] = error.reason
+                continue
+            except (Unavailable, ResourceExhausted):
+                # The directory could not be read to check the signature. The network keeps
+                # the answer batch, so these stay in flight and a retry fetches it again.
+                unverified.add(envelope.signer)
                 continue
             for answer in batch.answers:
                 spec = specs.get(answer.query_id)
@@ -608,9 +668,13 @@ class Requester:
                     continue
                 results[answer.query_id] = _read_answer(spec, answer, answer.permit_id, opener)
         for qid, spec in specs.items():
-            if qid not in results:
-                reason = bad_batches.get(spec.provider, "ANSWER_MISSING")
-                results[qid] = _Result(qid, QS.QUERY_STATUS_FAILED, reason, permits.get(qid, ""))
+            if qid in results:
+                continue
+            if spec.provider in unverified:
+                results[qid] = _Result(qid, QS.QUERY_STATUS_IN_FLIGHT, NETWORK_UNAVAILABLE)
+                continue
+            reason = bad_batches.get(spec.provider, "ANSWER_MISSING")
+            results[qid] = _Result(qid, QS.QUERY_STATUS_FAILED, reason, permits.get(qid, ""))
         return list(results.values())
 
     async def _open_answers(
@@ -625,7 +689,7 @@ class Requester:
         key = await self._keys.find_async(tenant, batch.requester_key_id)
         if key is None:
             raise InvalidArgument("UNKNOWN_REQUESTER_KEY", "answers sealed to a key not ours")
-        return batch, _Opener(key, batch.ephemeral_public_key)
+        return batch, _Opener(batch.requester_key_id, key, batch.ephemeral_public_key)
 
     # --- storing -------------------------------------------------------------------------------
 
@@ -636,7 +700,7 @@ class Requester:
         now = self._clock()
         expires = now + self._retention
         data_key = self._tenants.get(tenant).data_key
-        rows = []
+        rows: list[repo.ResultRow] = []
         for result in results:
             sealed = None
             if result.values:
@@ -645,23 +709,25 @@ class Requester:
                 ).SerializeToString()
                 sealed = data_key.encrypt(content, context=result_context(tenant, result.query_id))
             rows.append(
-                {
-                    "b_query_id": result.query_id,
-                    "b_permit_id": result.permit_id,
-                    "v_status": result.status,
-                    "v_reason": result.reason,
-                    "v_permit_id": result.permit_id,
-                    "v_requester_key_id": result.key_id,
-                    "v_result": sealed,
-                    "v_updated_at": now,
-                    "v_expires_at": expires,
-                }
+                (
+                    result.query_id,
+                    result.permit_id,
+                    result.status,
+                    result.reason,
+                    result.key_id,
+                    sealed,
+                )
             )
         with unit_of_work(self._sessions) as session:
-            changed = repo.store_results(session, tenant, rows)
+            changed = repo.store_results(session, tenant, rows, now, expires)
             if changed == len(rows):
                 self._recorder.append(
-                    session, [self._record(tenant, specs[r.query_id], r, now) for r in results]
+                    session,
+                    [
+                        self._record(tenant, specs[r.query_id], r, now)
+                        for r in results
+                        if r.status in REQUESTER_EVENTS  # still in flight: nothing happened yet
+                    ],
                 )
                 return [
                     Outcome(
@@ -691,6 +757,7 @@ class Requester:
                 if (row := stored.get(r.query_id)) is not None
                 and row.status == r.status
                 and row.updated_at == now
+                and r.status in REQUESTER_EVENTS
             ]
             self._recorder.append(session, records)
         return [self._outcome_of(row) for row in stored.values()]
@@ -753,17 +820,64 @@ class Requester:
         task.add_done_callback(self._background.discard)
 
 
-class _Opener:
-    """Opens the answers of one batch: one key agreement, made only if something is sealed."""
+class _Gathering:
+    """Single queries of one tenant gathered to travel together, with their callers."""
 
-    def __init__(self, key: QueryKey, ephemeral_public_key: bytes) -> None:
-        self.key = key
+    def __init__(self) -> None:
+        self.specs: list[Spec] = []
+        self.futures: dict[str, list[asyncio.Future[Outcome]]] = {}
+        self._digests: dict[str, bytes] = {}
+        self.wait = 0.0
+
+    def accepts(self, spec: Spec) -> bool:
+        digest = self._digests.get(spec.query_id)
+        return digest is None or digest == spec.digest()
+
+    def add(self, spec: Spec, wait: float) -> asyncio.Future[Outcome]:
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        if spec.query_id not in self._digests:
+            self._digests[spec.query_id] = spec.digest()
+            self.specs.append(spec)
+        self.futures.setdefault(spec.query_id, []).append(future)
+        self.wait = max(self.wait, wait)
+        return future
+
+    def resolve(self, outcomes: Iterable[Outcome]) -> None:
+        for outcome in outcomes:
+            for future in self.futures.pop(outcome.query_id, ()):
+                if not future.done():
+                    future.set_result(outcome)
+
+    def fail(self, error: BaseException) -> None:
+        for futures in self.futures.values():
+            for future in futures:
+                if future.done():
+                    continue
+                if isinstance(error, asyncio.CancelledError):
+                    future.cancel()
+                else:
+                    future.set_exception(error)
+        self.futures.clear()
+
+
+class _Opener:
+    """Opens the answers of one batch: one key agreement, made only if something is sealed.
+
+    ``key`` is None when the batch names a key we no longer hold: answers without content
+    (a refusal, no data) can still be read, a sealed one cannot.
+    """
+
+    def __init__(self, key_id: str, key: QueryKey | None, ephemeral_public_key: bytes) -> None:
+        self.key_id = key_id
+        self._key = key
         self._ephemeral = ephemeral_public_key
         self._opener: BatchOpener | None = None
 
     def open(self, nonce: bytes, ciphertext: bytes) -> bytes:
+        if self._key is None:
+            raise InvalidArgument("UNKNOWN_REQUESTER_KEY", "sealed to a key we no longer hold")
         if self._opener is None:
-            self._opener = BatchOpener(self.key.private_key, self._ephemeral)
+            self._opener = BatchOpener(self._key.private_key, self._ephemeral)
         return self._opener.open(nonce, ciphertext)
 
 
@@ -774,7 +888,7 @@ def _read_answer(
 
     def failed(reason: str) -> _Result:
         return _Result(
-            spec.query_id, QS.QUERY_STATUS_FAILED, reason, permit_id, key_id=opener.key.key_id
+            spec.query_id, QS.QUERY_STATUS_FAILED, reason, permit_id, key_id=opener.key_id
         )
 
     if answer.status not in ANSWER_STATUSES:
@@ -788,7 +902,7 @@ def _read_answer(
             answer.status,
             _reason(answer.reason),
             permit_id,
-            key_id=opener.key.key_id,
+            key_id=opener.key_id,
         )
     try:
         plaintext = opener.open(answer.nonce, answer.ciphertext)
@@ -808,8 +922,17 @@ def _read_answer(
         "",
         permit_id,
         list(content.values),
-        key_id=opener.key.key_id,
+        key_id=opener.key_id,
     )
+
+
+def _error_reason(error: BaseException) -> str:
+    """The reason to report for a query whose wait failed (say, deleted meanwhile)."""
+    if isinstance(error, LinkageError):
+        return error.reason
+    if isinstance(error, Exception):
+        return "INTERNAL"
+    raise error  # cancellation and exits are not outcomes
 
 
 def _spec_of(row: QueryRow) -> Spec:

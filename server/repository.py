@@ -415,46 +415,106 @@ def queries_by_id(session: Session, tenant: str, query_ids: Iterable[str]) -> di
     return found
 
 
-def insert_queries(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        session.execute(insert(QUERIES), list(rows))
+QUERY_COLUMNS = (
+    "query_id",
+    "spec_digest",
+    "requester_capacity",
+    "procedure",
+    "provider",
+    "data_items",
+    "unified_number",
+    "on_date",
+    "business_system",
+)
 
 
-def store_results(session: Session, tenant: str, results: Sequence[dict[str, Any]]) -> int:
-    """Write final (or held) results onto queries still waiting for them (executemany).
+def insert_queries(
+    session: Session, tenant: str, rows: Sequence[Sequence[Any]], at: datetime, expires: datetime
+) -> None:
+    """New queries (tuples in ``QUERY_COLUMNS`` order), IN_FLIGHT, in one executemany."""
+    from linkage.v1 import common_pb2
 
-    Only rows IN_FLIGHT or HELD_FOR_REVIEW change: a result that is already final (say a late
-    answer that overtook the first reply) is never overwritten. Each result has ``b_query_id``,
-    ``b_permit_id`` (match the permit when one is stored) and the new values as ``v_<column>``.
+    bulk_insert(
+        session,
+        QUERIES,
+        QUERY_COLUMNS,
+        rows,
+        {
+            "tenant": tenant,
+            "status": common_pb2.QUERY_STATUS_IN_FLIGHT,
+            "reason": "",
+            "permit_id": "",
+            "requester_key_id": "",
+            "result": None,
+            "created_at": at,
+            "updated_at": at,
+            "expires_at": expires,
+        },
+    )
+
+
+# (query_id, permit_id, status, reason, requester_key_id, sealed result or None)
+ResultRow = tuple[str, str, int, str, str, bytes | None]
+
+
+def store_results(
+    session: Session, tenant: str, results: Sequence[ResultRow], at: datetime, expires: datetime
+) -> int:
+    """Write final (or held) results onto queries still waiting for them: one executemany.
+
+    Only rows IN_FLIGHT or HELD_FOR_REVIEW change, and only if they hold no permit or the same
+    one: a result that is already final (say a late answer that overtook the first reply) is
+    never overwritten. Returns how many rows changed. Hot path of every query: the statement
+    goes to the driver as is, the two times processed once for all rows.
     """
     if not results:
         return 0
     from linkage.v1 import common_pb2
 
-    outcome = session.execute(
-        update(QUERIES)
-        .where(
-            QUERIES.c.tenant == tenant,
-            QUERIES.c.query_id == bindparam("b_query_id"),
-            # Two equalities, not IN: an expanding IN cannot run as an executemany.
-            or_(
-                QUERIES.c.status == common_pb2.QUERY_STATUS_IN_FLIGHT,
-                QUERIES.c.status == common_pb2.QUERY_STATUS_HELD_FOR_REVIEW,
-            ),
-            or_(QUERIES.c.permit_id == "", QUERIES.c.permit_id == bindparam("b_permit_id")),
+    connection = session.connection()
+    dialect = connection.dialect
+    marker = "?" if dialect.paramstyle == "qmark" else "%s"
+    quote = dialect.identifier_preparer.quote
+    stamp: Any = QUERIES.c.updated_at.type._cached_bind_processor(dialect)
+    at_value, expires_value = (stamp(at), stamp(expires)) if stamp else (at, expires)
+    assignments = ", ".join(
+        f"{quote(name)} = {marker}"
+        for name in (
+            "status",
+            "reason",
+            "permit_id",
+            "requester_key_id",
+            "result",
+            "updated_at",
+            "expires_at",
         )
-        .values(
-            status=bindparam("v_status"),
-            reason=bindparam("v_reason"),
-            permit_id=bindparam("v_permit_id"),
-            requester_key_id=bindparam("v_requester_key_id"),
-            result=bindparam("v_result"),
-            updated_at=bindparam("v_updated_at"),
-            expires_at=bindparam("v_expires_at"),
-        ),
-        list(results),
     )
-    return outcome.rowcount or 0  # type: ignore[attr-defined]
+    sql = (
+        f"UPDATE {dialect.identifier_preparer.format_table(QUERIES)} SET {assignments} "  # noqa: S608
+        f"WHERE tenant = {marker} AND query_id = {marker} "
+        f"AND (status = {marker} OR status = {marker}) "
+        f"AND (permit_id = '' OR permit_id = {marker})"
+    )
+    in_flight, held = common_pb2.QUERY_STATUS_IN_FLIGHT, common_pb2.QUERY_STATUS_HELD_FOR_REVIEW
+    params = [
+        (
+            status,
+            reason,
+            permit_id,
+            key_id,
+            sealed,
+            at_value,
+            expires_value,
+            tenant,
+            query_id,
+            in_flight,
+            held,
+            permit_id,
+        )
+        for query_id, permit_id, status, reason, key_id, sealed in results
+    ]
+    outcome = connection.exec_driver_sql(sql, params)
+    return outcome.rowcount or 0
 
 
 def mark_dispatch_failed(
@@ -505,9 +565,9 @@ def used_nonces(session: Session, tenant: str, nonces: Iterable[bytes]) -> set[b
     return found
 
 
-def add_nonces(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        session.execute(insert(NONCES), list(rows))
+def add_nonces(session: Session, tenant: str, rows: Sequence[tuple[bytes, str, datetime]]) -> None:
+    """Used nonces as (nonce, permit_id, expires_at): one executemany."""
+    bulk_insert(session, NONCES, ("nonce", "permit_id", "expires_at"), rows, {"tenant": tenant})
 
 
 def add_held(session: Session, rows: Sequence[dict[str, Any]]) -> None:

@@ -12,11 +12,14 @@ Must never: look anything up before the tenant check, hold business logic, or ca
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy.orm import Session, sessionmaker
 
 from linkage.errors import FieldViolation, InvalidArgument, PermissionDenied
 from linkage.rpc import caller
@@ -43,7 +46,7 @@ class Domain:
     codes: CodeManager
     duplicates: DuplicateStore
     requester: Requester
-    sessions: Any  # sessionmaker[Session], for disclosure
+    sessions: sessionmaker[Session]  # for disclosure
 
 
 def result_message(outcome: Outcome) -> pb.QueryResult:
@@ -56,10 +59,16 @@ def result_message(outcome: Outcome) -> pb.QueryResult:
         permit_id=outcome.permit_id,
     )
     if outcome.updated_at is not None:
-        message.updated_at.CopyFrom(timestamp(outcome.updated_at))
+        message.updated_at.CopyFrom(_timestamp(outcome.updated_at))
     if outcome.expires_at is not None:
-        message.expires_at.CopyFrom(timestamp(outcome.expires_at))
+        message.expires_at.CopyFrom(_timestamp(outcome.expires_at))
     return message
+
+
+@functools.lru_cache(maxsize=256)
+def _timestamp(moment: datetime) -> Timestamp:
+    """The results of one batch share their times: convert each once (copied, never mutated)."""
+    return timestamp(moment)
 
 
 def _wait_seconds(context: Any, requested: float | None) -> float:

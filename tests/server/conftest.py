@@ -1,9 +1,11 @@
 """Fixtures for the intermediate server's tests: real gRPC with mutual TLS, in-process.
 
 The world of a test is a real network (``simulator.network.app``) and intermediate server
-platforms (``server.app``), each on port 0 with its own fresh SQLite file (tables made by
-``Base.metadata.create_all``, to be replaced by the Alembic migrations), all sharing one
-settable ``Clock``. Organizations:
+platforms (``server.app``), each on port 0 with its own fresh database made by the Alembic
+migrations (``database_url`` of tests/conftest.py: an SQLite file, or a PostgreSQL schema with
+``LINKAGE_TEST_DATABASE=postgresql``), all sharing one settable ``Clock``. (``world`` here
+overrides the suite-wide fixture of the same name: these tests need no registry or unified
+address server.) Organizations:
 
 - platform ``alpha`` hosts ``sakai`` (a municipality) and ``jps`` (the Japan Pension Service);
 - platform ``beta`` hosts ``osaka`` (the late-stage elderly medical care regional association).
@@ -13,13 +15,12 @@ So sakai → jps is a query within one platform and osaka → sakai one across p
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from server_support import ALPHA, BETA, Clock, World, create_schema
+from server_support import ALPHA, BETA, Clock, World
 
-from linkage.db import sqlite_url
 from linkage.pki import init_pki
 from linkage.rpc import Security
 from simulator.network import app as network_app
@@ -58,13 +59,13 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def bare_world(pki_dir: Path, tmp_path: Path, clock: Clock) -> AsyncIterator[World]:
+async def bare_world(
+    pki_dir: Path, tmp_path: Path, clock: Clock, database_url: Callable[[str], str]
+) -> AsyncIterator[World]:
     """A running network with no platform yet (tests start their own)."""
-    path = tmp_path / "network.sqlite"
-    create_schema(sqlite_url(path), "network_")
     network = await network_app.start(
         network_app.Config(
-            database_url=sqlite_url(path),
+            database_url=database_url("network"),
             security=Security(pki_dir, "network"),
             data_dir=tmp_path / "network-keys",
             migrate=False,
@@ -72,7 +73,7 @@ async def bare_world(pki_dir: Path, tmp_path: Path, clock: Clock) -> AsyncIterat
             route_timeout=10.0,
         )
     )
-    world = World(pki_dir, tmp_path, clock, network)
+    world = World(pki_dir, tmp_path, clock, network, database_url)
     try:
         yield world
     finally:

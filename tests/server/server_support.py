@@ -1,7 +1,6 @@
 """Helpers for the intermediate server's tests (imported by conftest and by tests).
 
 - ``Clock``: one settable clock shared by the network and the platforms (expiry, retention).
-- ``create_schema``: a system's tables (by prefix) and the ledger's on a fresh SQLite file.
 - ``World``: a real network and intermediate server platforms, all over gRPC with mutual TLS,
   with the organizations registered in the directory; helpers to act as a unified address
   server (``ua``), as the registry (``enroll``), and to look into a platform's database.
@@ -12,7 +11,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,9 +21,8 @@ import grpc
 from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
-from linkage.db import Base, make_engine, sqlite_url
+from linkage.db import Base, make_engine
 from linkage.errors import RemoteError, remote_error
-from linkage.records.models import TABLES
 from linkage.rpc import Security
 from linkage.v1 import (
     common_pb2,
@@ -66,20 +64,6 @@ class Clock:
         self.now += delta
 
 
-def create_schema(url: str, prefix: str) -> None:
-    """The tables of one system (``server_`` or ``network_``) and the ledger's."""
-    import server.models  # noqa: F401  (registers the tables)
-    import simulator.network.models  # noqa: F401
-
-    engine = make_engine(url)
-    tables = [t for name, t in Base.metadata.tables.items() if name.startswith(prefix)]
-    # The ledger's triggers are made when access_records is created and name its sibling
-    # tables, so those go first.
-    ledger = sorted(TABLES, key=lambda table: table.name == "access_records")
-    Base.metadata.create_all(engine, tables=[*tables, *ledger])
-    engine.dispose()
-
-
 async def remote(call: Awaitable[Any]) -> RemoteError:
     """Await a call that must fail; its code, reason and field violations."""
     try:
@@ -100,10 +84,12 @@ class World:
     tmp_path: Path
     clock: Clock
     network: network_app.App
+    database_url: Callable[[str], str]  # a fresh migrated database per component
     platforms: dict[str, server_app.App] = field(default_factory=dict)
     hosts: dict[str, str] = field(default_factory=dict)  # org code → platform name
     engines: dict[str, Engine] = field(default_factory=dict)
     channels: list[grpc.aio.Channel] = field(default_factory=list)
+    stubs: dict[tuple[str, str, str], Any] = field(default_factory=dict)
 
     # --- starting -----------------------------------------------------------------------------
 
@@ -111,11 +97,10 @@ class World:
         self, name: str, tenants: dict[str, list[str]], **overrides: Any
     ) -> server_app.App:
         """Start platform ``name`` hosting ``tenants`` (code → capacities) and register them."""
-        path = self.tmp_path / f"platform-{name}.sqlite"
-        create_schema(sqlite_url(path), "server_")
+        url = self.database_url(f"platform-{name}")
         config = server_app.Config(
             platform=name,
-            database_url=sqlite_url(path),
+            database_url=url,
             security=Security(self.pki_dir, f"platform.{name}"),
             data_dir=self.tmp_path / f"platform-{name}",
             network_address=self.network.address,
@@ -128,7 +113,7 @@ class World:
             setattr(config, key, value)
         started = await server_app.start(config)
         self.platforms[name] = started
-        self.engines[name] = make_engine(sqlite_url(path))
+        self.engines[name] = make_engine(url)
         for code, capacities in tenants.items():
             self.hosts[code] = name
             await self.register(started, code, capacities)
@@ -165,15 +150,21 @@ class World:
     def ua(self, code: str, *, platform: str | None = None, identity: str | None = None) -> UaStub:
         """The IntermediateServerService of ``code``'s platform, called as ``ua.<code>``."""
         target = self.platforms[platform or self.hosts[code]]
-        channel = Security(self.pki_dir, identity or f"ua.{code}").channel(target.address)
-        self.channels.append(channel)
-        stub: UaStub = intermediate_server_pb2_grpc.IntermediateServerServiceStub(channel)
+        key = ("ua", target.address, identity or f"ua.{code}")
+        if key not in self.stubs:
+            channel = Security(self.pki_dir, key[2]).channel(target.address)
+            self.channels.append(channel)
+            self.stubs[key] = intermediate_server_pb2_grpc.IntermediateServerServiceStub(channel)
+        stub: UaStub = self.stubs[key]
         return stub
 
     def net(self, identity: str) -> NetStub:
-        channel = Security(self.pki_dir, identity).channel(self.network.address)
-        self.channels.append(channel)
-        stub: NetStub = network_pb2_grpc.NetworkServiceStub(channel)
+        key = ("net", self.network.address, identity)
+        if key not in self.stubs:
+            channel = Security(self.pki_dir, identity).channel(self.network.address)
+            self.channels.append(channel)
+            self.stubs[key] = network_pb2_grpc.NetworkServiceStub(channel)
+        stub: NetStub = self.stubs[key]
         return stub
 
     async def enroll(self, code: str, unified_number: str, resident_code: str) -> None:

@@ -223,7 +223,7 @@ async def test_a_requester_key_not_signed_by_the_requester_is_refused(attacker: 
             {"requester": "osaka", "route": "osaka"},
             ("QUERY_STATUS_FAILED", "REQUESTER_KEY_MISMATCH"),
         ),
-        ({"route": "kobe"}, ("QUERY_STATUS_FAILED", "REQUESTER_KEY_MISMATCH")),
+        ({"route": "kobe"}, ("QUERY_STATUS_FAILED", "ROUTE_MISMATCH")),
         ({"nonce": b"short"}, ("QUERY_STATUS_FAILED", "PERMIT_MALFORMED")),
         ({"provider_linkage_code": "A" * 20}, ("QUERY_STATUS_NO_DATA", "UNKNOWN_PERSON")),
     ],

@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from server_support import (
+    ALPHA,
+    BETA,
     QS,
     World,
     local_tax,
@@ -24,6 +27,9 @@ from server_support import (
     statuses,
     tax_query,
 )
+
+from linkage.errors import Unavailable
+from server.network_client import GrpcNetwork
 
 RESIDENT = "12345678901"
 
@@ -131,8 +137,10 @@ async def test_concurrent_retries_never_provide_twice(people: World) -> None:
 
 async def test_reusing_a_query_id_for_another_query_fails(people: World) -> None:
     await people.submit("sakai", **pension_query("q-9", "S-0001"))
-    other = await people.submit("sakai", **pension_query("q-9", "S-0001", on_date="2026-08-01"))
-    assert (QS.Name(other.status), other.reason) == ("QUERY_STATUS_FAILED", "QUERY_ID_REUSED")
+    error = await remote(
+        people.submit("sakai", **pension_query("q-9", "S-0001", on_date="2026-08-01"))
+    )
+    assert (error.code, error.reason) == ("ALREADY_EXISTS", "QUERY_ID_REUSED")
     stored = await people.ua("sakai").GetQueryResult(
         pb.GetQueryResultRequest(name="organizations/sakai/queries/q-9")
     )
@@ -306,3 +314,81 @@ async def remote_domain(call: object) -> str:
     except LinkageError as error:
         return error.reason
     raise AssertionError("the call succeeded")
+
+
+async def test_a_held_answer_still_opens_after_the_query_key_rotated(bare_world: World) -> None:
+    await bare_world.start_platform("alpha", ALPHA, query_key_ttl=timedelta(minutes=10))
+    await bare_world.start_platform("beta", BETA)
+    await bare_world.enroll("sakai", "S-1", RESIDENT)
+    await bare_world.enroll("jps", "J-1", RESIDENT)
+    await bare_world.import_records("jps", [pension("J-1", flagged=True)])
+    held = await bare_world.submit("sakai", **pension_query("k-1", "S-1"))
+    assert held.status == QS.QUERY_STATUS_HELD_FOR_REVIEW
+    bare_world.clock.advance(timedelta(minutes=15))  # past the key's use: the next one rotates
+    await bare_world.submit("sakai", **pension_query("k-2", "S-1"))
+    assert bare_world.count("alpha", "server_query_keys", "tenant = 'sakai'") == 2
+    alpha = bare_world.platforms["alpha"]
+    assert await alpha.review.approve("jps", held.permit_id, "reviewer-1")
+    got = await bare_world.ua("sakai").GetQueryResult(
+        pb.GetQueryResultRequest(name="organizations/sakai/queries/k-1")
+    )
+    assert QS.Name(got.result.status) == "QUERY_STATUS_PROVIDED"
+
+
+class FlakyDelivery:
+    """The real network, except that the first late delivery fails as if it were down."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.failures = 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def deliver_late_answers(self, tenant: str, answer_batch: Any) -> int:
+        if self.failures:
+            self.failures -= 1
+            raise Unavailable("NETWORK_UNAVAILABLE", "down for the test")
+        result: int = await self._inner.deliver_late_answers(tenant, answer_batch)
+        return result
+
+
+async def test_a_failed_late_delivery_is_retried_with_the_same_answer(bare_world: World) -> None:
+    inner = GrpcNetwork(bare_world.pki_dir, bare_world.network.address, list(ALPHA))
+    flaky = FlakyDelivery(inner)
+    try:
+        await bare_world.start_platform("alpha", ALPHA, network=flaky)
+        await bare_world.start_platform("beta", BETA)
+        await bare_world.enroll("sakai", "S-1", RESIDENT)
+        await bare_world.enroll("jps", "J-1", RESIDENT)
+        await bare_world.import_records("jps", [pension("J-1", flagged=True)])
+        held = await bare_world.submit("sakai", **pension_query("d-1", "S-1"))
+        alpha = bare_world.platforms["alpha"]
+        assert not await alpha.review.approve("jps", held.permit_id, "reviewer-1")
+        pending = await bare_world.ua("sakai").GetQueryResult(
+            pb.GetQueryResultRequest(name="organizations/sakai/queries/d-1")
+        )
+        assert pending.result.status == QS.QUERY_STATUS_HELD_FOR_REVIEW
+        assert await alpha.review.redeliver() == 1
+        assert await alpha.review.redeliver() == 0  # delivered: nothing left to retry
+        got = await bare_world.ua("sakai").GetQueryResult(
+            pb.GetQueryResultRequest(name="organizations/sakai/queries/d-1")
+        )
+        assert QS.Name(got.result.status) == "QUERY_STATUS_PROVIDED"
+    finally:
+        await inner.close()
+
+
+async def test_after_the_requester_key_expires_a_held_answer_can_only_be_declined(
+    people: World,
+) -> None:
+    await people.enroll("sakai", "S-0060", "60606060606")
+    await people.enroll("jps", "J-0060", "60606060606")
+    await people.import_records("jps", [pension("J-0060", flagged=True)], import_id="i-60")
+    held = await people.submit("sakai", **pension_query("h-3", "S-0060"))
+    people.clock.advance(timedelta(hours=26))  # past ttl + retention of the query key
+    alpha = people.platforms["alpha"]
+    reason = await remote_domain(alpha.review.approve("jps", held.permit_id, "reviewer-1"))
+    assert reason == "SEAL_DEADLINE_PASSED"
+    assert await alpha.review.decline("jps", held.permit_id, "reviewer-1", "EXPIRED")
+    assert len(people.records("jps", query_id="h-3", event="REVIEW_DECLINED")) == 1
