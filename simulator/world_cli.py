@@ -138,13 +138,14 @@ def _organization(
 
 
 def _spawn(proc: Process, log_dir: Path) -> subprocess.Popen[bytes]:
-    log = (log_dir / f"{proc.name}.log").open("ab")
-    return subprocess.Popen(  # noqa: S603 — our own entry point with our own arguments
-        [sys.executable, "-m", "linkage.cli", "serve", *proc.args],
-        stdout=log,
-        stderr=log,
-        env={**os.environ, "LINKAGE_LOG_FORMAT": "json"},
-    )
+    # The child keeps its own copy of the descriptor; the parent's is closed at once.
+    with (log_dir / f"{proc.name}.log").open("ab") as log:
+        return subprocess.Popen(  # noqa: S603 — our own entry point with our own arguments
+            [sys.executable, "-m", "linkage.cli", "serve", *proc.args],
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "LINKAGE_LOG_FORMAT": "json"},
+        )
 
 
 async def up(args: argparse.Namespace) -> int:
@@ -162,7 +163,8 @@ async def up(args: argparse.Namespace) -> int:
             print(f"  {proc.name:<22} 127.0.0.1:{proc.port}", file=sys.stderr)
         ports = {p.name: p.port for p in procs}
         await _register(root, config.pki_dir, args.base_port, ports)
-        _write_manifest(root, config, ports)
+        pids = {p.name: child.pid for p, child in zip(procs, running, strict=True)}
+        _write_manifest(root, config, ports, pids)
         print(f"world up; manifest {root / 'world.json'}; Ctrl-C stops it", file=sys.stderr)
         if args.exit_after_start:
             return 0
@@ -184,9 +186,12 @@ async def _wait_for_stop() -> None:
     await wait_for_signal()
 
 
-def _write_manifest(root: Path, config: WorldConfig, ports: dict[str, int]) -> None:
+def _write_manifest(
+    root: Path, config: WorldConfig, ports: dict[str, int], pids: dict[str, int]
+) -> None:
     manifest = {
         "pki_dir": str(config.pki_dir) if config.pki_dir else None,
+        "pids": pids,
         "addresses": {name: f"127.0.0.1:{port}" for name, port in ports.items()},
         "organizations": [
             {
