@@ -219,12 +219,16 @@ class World:
 
     def business_system(
         self, org: str, system: str
-    ) -> unified_address_pb2_grpc.UnifiedAddressServiceStub:
+    ) -> unified_address_pb2_grpc.UnifiedAddressServiceAsyncStub:
         """A client stub for business system ``system`` of ``org`` at its unified address server."""
+        from typing import cast
+
         from linkage.v1 import unified_address_pb2_grpc
 
         channel = self.channel(f"bs.{org}.{system}", self.unified_address[org].address)
-        return unified_address_pb2_grpc.UnifiedAddressServiceStub(channel)
+        stub = unified_address_pb2_grpc.UnifiedAddressServiceStub(channel)
+        # An aio channel makes the generated stub asynchronous; the stubs type it separately.
+        return cast(unified_address_pb2_grpc.UnifiedAddressServiceAsyncStub, stub)
 
     async def close(self) -> None:
         for channel in self._channels:
