@@ -221,14 +221,11 @@ class World:
         self, org: str, system: str
     ) -> unified_address_pb2_grpc.UnifiedAddressServiceAsyncStub:
         """A client stub for business system ``system`` of ``org`` at its unified address server."""
-        from typing import cast
-
         from linkage.v1 import unified_address_pb2_grpc
 
         channel = self.channel(f"bs.{org}.{system}", self.unified_address[org].address)
-        stub = unified_address_pb2_grpc.UnifiedAddressServiceStub(channel)
-        # An aio channel makes the generated stub asynchronous; the stubs type it separately.
-        return cast(unified_address_pb2_grpc.UnifiedAddressServiceAsyncStub, stub)
+        # An aio channel makes the generated stub asynchronous (the typed stubs know this).
+        return unified_address_pb2_grpc.UnifiedAddressServiceStub(channel)
 
     async def close(self) -> None:
         for channel in self._channels:
