@@ -8,8 +8,8 @@ ledger of access records (``network``).
 
 Layout: ``models`` (tables ``network_*``), ``repository`` (queries on a Session), domain modules
 that never import grpc (``directory``, ``codes``, ``permits``, ``routing``, ``queries``,
-``disclosure``, ``ledger``, ``ratelimit``, ``keystore``), then the gRPC edge (``service``,
-``transport``) and ``app`` (``Config``, ``start``).
+``disclosure``, ``ledger``, ``refusals``, ``ratelimit``, ``keystore``), then the gRPC edge
+(``service``, ``transport``) and ``app`` (``Config``, ``start``).
 
 Must never: read what it routes (answers pass through as opaque signed bytes), store or return
 a resident code, return one organization's linkage code to another, or let an organization act

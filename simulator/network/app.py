@@ -36,6 +36,7 @@ from simulator.network.keystore import CodeSecrets, PermitKeys
 from simulator.network.permits import PermissionChecker, PermitIssuer
 from simulator.network.queries import QueryDesk
 from simulator.network.ratelimit import RateLimit, RateLimiter
+from simulator.network.refusals import Refusals
 from simulator.network.routing import Router
 from simulator.network.service import NetworkService, organization_message, permit_key_message
 from simulator.network.transport import GrpcTransport
@@ -54,6 +55,9 @@ class Config:
 
     ``permission_list`` defaults to the committed dataset. ``route_timeout`` is the deadline of
     every outbound call (seconds). ``rate_limit`` is per caller, in queries (None: no limit).
+    A rotated permit key is published at once and signs after ``permit_key_activation`` (longer
+    than a platform waits between two refreshes of its key cache); the previous one stays
+    published for ``permit_key_overlap``.
     ``migrate`` runs the Alembic migrations at start-up (tests that create tables themselves
     turn it off).
     """
@@ -69,6 +73,7 @@ class Config:
     serial_ttl: timedelta = timedelta(hours=1)
     key_overlap: timedelta = timedelta(hours=24)
     permit_key_overlap: timedelta = timedelta(hours=1)
+    permit_key_activation: timedelta = timedelta(seconds=5)
     rate_limit: RateLimit | None = field(
         default_factory=lambda: RateLimit(per_second=50_000, burst=100_000)
     )
@@ -114,7 +119,8 @@ class App:
         return [permit_key_message(k) for k in self._permit_keys.published(self.config.clock())]
 
     async def rotate_permit_key(self) -> common_pb2.PublicKey:
-        """Make a new current permit key; the previous one stays published for the overlap."""
+        """Make and publish a new current permit key; it signs after ``permit_key_activation``,
+        the previous one signs until then and stays published for the overlap."""
         key = await asyncio.to_thread(self._permit_keys.rotate, self.config.clock())
         log.info("permit_key_rotated", key_id=key.key_id)
         return permit_key_message(key)
@@ -149,7 +155,9 @@ async def start(config: Config) -> App:
     else:
         checker = await asyncio.to_thread(_default_permission_list)
     secrets = await asyncio.to_thread(CodeSecrets.load_or_create, config.data_dir)
-    permit_keys = await asyncio.to_thread(PermitKeys, config.data_dir, config.permit_key_overlap)
+    permit_keys = await asyncio.to_thread(
+        PermitKeys, config.data_dir, config.permit_key_overlap, config.permit_key_activation
+    )
     records = await asyncio.to_thread(_records_ledger, config)
     deriver = CodeDeriver(secrets)
     directory = Directory(
@@ -185,6 +193,7 @@ async def start(config: Config) -> App:
         permit_keys=permit_keys,
         permission_list_version=checker.version,
         limiter=RateLimiter(config.rate_limit) if config.rate_limit else None,
+        refusals=Refusals(sessions, records, config.clock),
         clock=config.clock,
     )
     try:

@@ -3,10 +3,15 @@
 Owns the files under the network's data directory: ``code-person.key`` (k_person) and
 ``code-code.key`` (k_code), 32 random bytes each, owner-only; and the ``KeyRing`` named
 ``network`` whose Ed25519 keys sign permit batches. Publishes the permit keys with their
-validity windows (current, then previous ones still in their overlap window).
+validity windows (current, then previous ones still in their overlap window), and announces a
+new key before signing with it: a rotated key is published at once but signs only once it has
+been published for ``activation``, so a platform that refreshed its key cache a moment before
+the rotation (platforms refresh on an unknown key id at most about once a second) never meets
+a batch signed with a key it cannot have learned yet.
 
 Must never: log, return or put into the database any secret byte; write a key readable by
-anyone but the owner (``linkage.keys`` refuses); serve a previous permit key after its window.
+anyone but the owner (``linkage.keys`` refuses); serve a previous permit key after its window;
+sign with a key before it has been published for ``activation``.
 """
 
 from __future__ import annotations
@@ -73,9 +78,14 @@ class PermitKeys:
     another process rotated it, so every replica signs with the key the others publish.
     """
 
-    def __init__(self, directory: Path, overlap: timedelta) -> None:
+    def __init__(
+        self, directory: Path, overlap: timedelta, activation: timedelta = timedelta(0)
+    ) -> None:
+        if not timedelta(0) <= activation < overlap:
+            raise ValueError("a permit key activates within its predecessor's overlap window")
         self._directory = directory
         self._overlap = overlap
+        self._activation = activation
         self._lock = threading.Lock()
         self._ring = KeyRing.load_or_create(directory, NETWORK_SIGNER)
         self._mtime = self._ring.path.stat().st_mtime_ns
@@ -88,11 +98,17 @@ class PermitKeys:
                 self._mtime = mtime
             return self._ring
 
-    def signer(self) -> Signer:
-        """The signer of the current permit key (key id = sha256 of the verify key)."""
-        current = self._refresh().current
-        verify = bytes(current.signing_key.verify_key)
-        return Signer(holder=NETWORK_SIGNER, key_id=key_id(verify), key=current.signing_key)
+    def signer(self, now: datetime | None = None) -> Signer:
+        """The signer of the newest key published for ``activation`` at ``now`` (default: the
+        current key); the oldest key of the ring if none is (a fresh ring's only key). Key id =
+        sha256 of the verify key."""
+        keys = self._refresh().keys  # newest first
+        chosen = keys[0]
+        if now is not None and self._activation:
+            active = [key for key in keys if key.created_at + self._activation <= now]
+            chosen = active[0] if active else keys[-1]
+        verify = bytes(chosen.signing_key.verify_key)
+        return Signer(holder=NETWORK_SIGNER, key_id=key_id(verify), key=chosen.signing_key)
 
     def published(self, now: datetime) -> list[PublishedKey]:
         """Current key first, then previous keys whose overlap window has not ended."""

@@ -4,7 +4,9 @@ Owns the admission decision only. A query batch costs one token per query (a 500
 weighs what 5000 single queries weigh); every other call costs one. The buckets live in the
 process: with several replicas each admits its own share, which bounds the total at replicas ×
 rate. That is acceptable for overload protection (nothing another replica needs is lost); a
-shared budget would need a store on the hot path of every call.
+shared budget would need a store on the hot path of every call. A refusal tells whether it is
+the first of an episode (the caller was admitted since its last refusal), so a flood is recorded
+once, not once per refused call.
 
 Must never: block (it answers at once), or import grpc.
 """
@@ -31,12 +33,27 @@ class RateLimit:
             raise ValueError("a rate limit needs per_second > 0 and burst >= 1")
 
 
+class RateLimited(ResourceExhausted):
+    """RATE_LIMITED, with ``retry_after_ms`` in the metadata; ``first`` is true for the first
+    refusal of an episode (the caller was admitted since its previous refusal, or never refused).
+    """
+
+    def __init__(self, wait_seconds: float, *, first: bool) -> None:
+        super().__init__(
+            "RATE_LIMITED",
+            "too many requests from this caller; retry later",
+            metadata={"retry_after_ms": str(max(1, round(wait_seconds * 1000)))},
+        )
+        self.first = first
+
+
 class _Bucket:
-    __slots__ = ("tokens", "updated")
+    __slots__ = ("limited", "tokens", "updated")
 
     def __init__(self, tokens: float, updated: float) -> None:
         self.tokens = tokens
         self.updated = updated
+        self.limited = False  # refused since it was last admitted
 
 
 class RateLimiter:
@@ -49,7 +66,7 @@ class RateLimiter:
         self._lock = threading.Lock()
 
     def admit(self, caller: str, cost: float = 1.0) -> None:
-        """Take ``cost`` tokens from the caller's bucket or raise RESOURCE_EXHAUSTED.
+        """Take ``cost`` tokens from the caller's bucket or raise ``RateLimited``.
 
         A cost above the burst is charged as the burst, so one large legal batch can always get
         through an idle bucket.
@@ -65,10 +82,8 @@ class RateLimiter:
             bucket.updated = now
             if bucket.tokens >= cost:
                 bucket.tokens -= cost
+                bucket.limited = False
                 return
             wait = (cost - bucket.tokens) / self._limit.per_second
-        raise ResourceExhausted(
-            "RATE_LIMITED",
-            "too many requests from this caller; retry later",
-            metadata={"retry_after_ms": str(max(1, round(wait * 1000)))},
-        )
+            first, bucket.limited = not bucket.limited, True
+        raise RateLimited(wait, first=first)

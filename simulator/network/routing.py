@@ -102,15 +102,18 @@ class Router:
         self._refresh = refresh
 
     def sign_batch(
-        self, requester_key: RequesterKeyInfo, permits: Sequence[payloads_pb2.Permit]
+        self,
+        requester_key: RequesterKeyInfo,
+        permits: Sequence[payloads_pb2.Permit],
+        now: datetime | None = None,
     ) -> common_pb2.SignedEnvelope:
-        """One PermitBatch, one network signature."""
+        """One PermitBatch, one network signature (by the key active at ``now``)."""
         batch = payloads_pb2.PermitBatch(
             requester_key=requester_key.envelope,
             requester_key_digest=requester_key.digest,
             permits=permits,
         )
-        return self._keys.signer().sign(batch.SerializeToString(deterministic=True))
+        return self._keys.signer(now).sign(batch.SerializeToString(deterministic=True))
 
     async def route(
         self,
@@ -132,7 +135,7 @@ class Router:
         now: datetime,
     ) -> RouteResult:
         permit_ids = tuple(permit.permit_id for permit in permits)
-        envelope = self.sign_batch(requester_key, permits)
+        envelope = self.sign_batch(requester_key, permits, now)
         try:
             # The transport sets the gRPC deadline; wait_for is the backstop for any transport.
             answer = await asyncio.wait_for(

@@ -1,9 +1,11 @@
 """NetworkService: the gRPC edge of the Information Provision Network, kept thin.
 
-Owns, per RPC: who may call it (checked first, AIP-131: ``admin`` registers, ``registry`` hands
-over serials, an organization acts only as ``org.<its code>``, anyone authenticated reads the
-directory), rate admission, request parsing (``parse``), one call into the domain, and the
-response message. Domain errors become statuses in ``linkage.rpc.ContextInterceptor``.
+Owns, per RPC: rate admission (charged to every authenticated caller first, so refused calls
+count too), who may call it (checked before anything is read, AIP-131: ``admin`` registers,
+``registry`` hands over serials, an organization acts only as ``org.<its code>``, anyone
+authenticated reads the directory), request parsing (``parse``), one call into the domain, the
+response message, and handing every refusal worth it to ``refusals`` for the ledger. Domain
+errors become statuses in ``linkage.rpc.ContextInterceptor``.
 
 Must never: decide policy here, block the event loop (database work goes to a thread), return a
 resident code, or return one organization's linkage code to another.
@@ -12,13 +14,15 @@ resident code, or return one organization's linkage code to another.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import functools
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import TypeAlias, TypeVar
 
 import grpc
 
-from linkage.errors import NotFound, PermissionDenied
-from linkage.rpc import require_caller
+from linkage.errors import LinkageError, NotFound, PermissionDenied
+from linkage.rpc import caller, require_caller
 from linkage.v1 import common_pb2, network_pb2, network_pb2_grpc
 from simulator.network import parse
 from simulator.network.codes import CodeDesk
@@ -27,11 +31,47 @@ from simulator.network.keystore import PermitKeys, PublishedKey
 from simulator.network.ledger import LEDGER_ID, DisclosedRecord
 from simulator.network.queries import QueryDesk
 from simulator.network.ratelimit import RateLimiter
+from simulator.network.refusals import Refusals, worth_recording
 
 Context = grpc.aio.ServicerContext[object, object]
 ADMIN = "admin"
 REGISTRY = "registry"
 ORG_PREFIX = "org."
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+_Method: TypeAlias = Callable[["NetworkService", _Request, Context], Awaitable[_Response]]
+
+
+def _records_refusals(
+    organization_field: str = "",
+) -> Callable[[_Method[_Request, _Response]], _Method[_Request, _Response]]:
+    """Decorates an RPC: a refusal worth recording (``refusals.worth_recording``) is appended
+    to the ledger before it is raised, naming the organization in the request's field
+    ``organization_field`` (a dotted path; a resource name counts as its code)."""
+
+    def decorate(method: _Method[_Request, _Response]) -> _Method[_Request, _Response]:
+        @functools.wraps(method)
+        async def run(self: NetworkService, request: _Request, context: Context) -> _Response:
+            try:
+                return await method(self, request, context)
+            except LinkageError as error:
+                if worth_recording(error):
+                    named = _field(request, organization_field)
+                    await asyncio.to_thread(self._refusals.record, caller(), named, error)
+                raise
+
+        return run
+
+    return decorate
+
+
+def _field(message: object, path: str) -> str:
+    """The text at ``path`` in ``message`` (unchecked: ``refusals`` keeps only a valid code)."""
+    value: object = message
+    for name in path.split(".") if path else ():
+        value = getattr(value, name, "")
+    return str(value).removeprefix("organizations/") if path else ""
 
 
 class NetworkService(network_pb2_grpc.NetworkServiceServicer):
@@ -46,6 +86,7 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
         permit_keys: PermitKeys,
         permission_list_version: str,
         limiter: RateLimiter | None,
+        refusals: Refusals,
         clock: Callable[[], datetime],
     ) -> None:
         self._directory = directory
@@ -54,6 +95,7 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
         self._permit_keys = permit_keys
         self._version = permission_list_version
         self._limiter = limiter
+        self._refusals = refusals
         self._clock = clock
 
     # --- who may call -------------------------------------------------------------------------
@@ -63,31 +105,32 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
             self._limiter.admit(identity, cost)
 
     def _as(self, expected: str, cost: int = 1) -> str:
-        identity = require_caller()
+        identity = self._anyone(cost)
         if identity != expected:
             raise PermissionDenied("CALLER_NOT_ALLOWED", f"{identity} may not call this method")
-        self._admit(identity, cost)
         return identity
 
     def _as_org(self, code: str, path: str, cost: int = 1) -> str:
         """The caller must be ``org.<code>`` for the organization the request names."""
-        identity = require_caller()
+        identity = self._anyone(cost)
         if not code:
             raise parse.invalid(path, "is required")
         if identity != ORG_PREFIX + code:
             raise PermissionDenied(
                 "NOT_THIS_ORGANIZATION", f"{identity} may not act as organization {code!r}"
             )
-        self._admit(identity, cost)
         return code
 
-    def _anyone(self) -> str:
+    def _anyone(self, cost: int = 1) -> str:
+        """Any authenticated caller, admitted by the rate limiter (refused calls pay too: a
+        flood of refusals is bounded like any other, and so are their records)."""
         identity = require_caller()
-        self._admit(identity)
+        self._admit(identity, cost)
         return identity
 
     # --- directory ------------------------------------------------------------------------------
 
+    @_records_refusals("organization.code")
     async def RegisterOrganization(  # noqa: N802 (gRPC method name)
         self, request: network_pb2.RegisterOrganizationRequest, context: Context
     ) -> network_pb2.RegisterOrganizationResponse:
@@ -96,6 +139,7 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
         stored = await asyncio.to_thread(self._directory.register, entry)
         return network_pb2.RegisterOrganizationResponse(organization=self._org(stored))
 
+    @_records_refusals()
     async def GetOrganization(  # noqa: N802 (gRPC method name)
         self, request: network_pb2.GetOrganizationRequest, context: Context
     ) -> network_pb2.GetOrganizationResponse:
@@ -106,6 +150,7 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
             raise NotFound("ORGANIZATION_NOT_FOUND", f"organization {code!r} is not registered")
         return network_pb2.GetOrganizationResponse(organization=self._org(entry))
 
+    @_records_refusals()
     async def ListOrganizations(  # noqa: N802 (gRPC method name)
         self, request: network_pb2.ListOrganizationsRequest, context: Context
     ) -> network_pb2.ListOrganizationsResponse:
@@ -120,6 +165,7 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
             response.next_page_token = parse.page_token(entries[size - 1].code)
         return response
 
+    @_records_refusals("name")
     async def RotateOrganizationKeys(  # noqa: N802 (gRPC method name)
         self, request: network_pb2.RotateOrganizationKeysRequest, context: Context
     ) -> network_pb2.RotateOrganizationKeysResponse:
@@ -129,6 +175,7 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
         entry = await asyncio.to_thread(self._directory.rotate, code, key)
         return network_pb2.RotateOrganizationKeysResponse(organization=self._org(entry))
 
+    @_records_refusals()
     async def GetNetworkKeys(  # noqa: N802 (gRPC method name)
         self, request: network_pb2.GetNetworkKeysRequest, context: Context
     ) -> network_pb2.GetNetworkKeysResponse:
@@ -141,6 +188,7 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
 
     # --- codes ------------------------------------------------------------------------------------
 
+    @_records_refusals("organization")
     async def RegisterProcessingSerial(  # noqa: N802 (gRPC method name)
         self, request: network_pb2.RegisterProcessingSerialRequest, context: Context
     ) -> network_pb2.RegisterProcessingSerialResponse:
@@ -153,6 +201,7 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
         response.expires_at.FromDatetime(expires_at)
         return response
 
+    @_records_refusals("organization")
     async def ObtainLinkageCode(  # noqa: N802 (gRPC method name)
         self, request: network_pb2.ObtainLinkageCodeRequest, context: Context
     ) -> network_pb2.ObtainLinkageCodeResponse:
@@ -163,6 +212,7 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
 
     # --- queries ---------------------------------------------------------------------------------
 
+    @_records_refusals("requester")
     async def SubmitQueries(  # noqa: N802 (gRPC method name)
         self, request: network_pb2.SubmitQueriesRequest, context: Context
     ) -> network_pb2.SubmitQueriesResponse:
@@ -179,17 +229,18 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
             answer_batches=result.answer_batches,
         )
 
+    @_records_refusals("answer_batch.signer")
     async def DeliverLateAnswers(  # noqa: N802 (gRPC method name)
         self, request: network_pb2.DeliverLateAnswersRequest, context: Context
     ) -> network_pb2.DeliverLateAnswersResponse:
-        identity = require_caller()
+        identity = self._anyone()
         if not identity.startswith(ORG_PREFIX):
             raise PermissionDenied("CALLER_NOT_ALLOWED", f"{identity} may not deliver answers")
-        self._admit(identity)
         envelope = parse.late_answers(request)
         delivered = await self._desk.deliver_late(identity.removeprefix(ORG_PREFIX), envelope)
         return network_pb2.DeliverLateAnswersResponse(delivered=delivered)
 
+    @_records_refusals("organization")
     async def DiscloseNetworkAccessRecords(  # noqa: N802 (gRPC method name)
         self, request: network_pb2.DiscloseNetworkAccessRecordsRequest, context: Context
     ) -> network_pb2.DiscloseNetworkAccessRecordsResponse:

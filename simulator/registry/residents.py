@@ -4,7 +4,8 @@ Owns the bulk load (one transaction, the driver's ``executemany`` in chunks, ups
 code so a reload after moves is safe), the lookup by blind index, and the issuance of a
 processing serial: a random serial is handed with the resident code to the network
 (``NetworkPort``) and recorded in the ``registry`` ledger. A failed hand-over issues nothing the
-caller could use, so retrying is safe; each success is a fresh serial.
+caller could use, so retrying is safe; each success is a fresh serial. A caller refused for
+asking on another organization's behalf is recorded too (``ACCESS_DENIED``).
 
 Must never: keep or log an individual number, return a resident code to the caller, or import
 grpc.
@@ -178,6 +179,21 @@ class SerialDesk:
                 continue  # 144 random bits: only a bug or an attack gets here twice
             return serial
         raise Internal("SERIAL_COLLISION", "could not draw an unused processing serial")
+
+    def record_refusal(self, identity: str, organization: str, reason: str) -> None:
+        """Record that ``identity`` was refused asking for ``organization`` (blocking)."""
+        record = AccessRecord(
+            occurred_at=self._clock(),
+            ledger=LEDGER_ID,
+            event=RecordEvent.ACCESS_DENIED,
+            actor_kind=ActorKind.ORGANIZATION if identity.startswith("ua.") else ActorKind.SYSTEM,
+            actor_id=identity,
+            requester=organization if MUNICIPALITY_RE.fullmatch(organization) else "",
+            outcome=Outcome.DENIED,
+            reason=reason,
+        )
+        with unit_of_work(self._sessions) as session:
+            self._records.append_many(session, LEDGER_ID, [record])
 
     def _record(self, organization: str, resident_code: str, failure: str) -> None:
         record = AccessRecord(

@@ -1,8 +1,8 @@
 """ResidentRegistryService: the gRPC edge of the registry stand-in, kept thin.
 
 Owns who may call (``ua.<code>`` for organization ``<code>`` only, checked before anything
-else), the validation of the request (the individual number's shape and check digit), and the
-response, which carries the serial and never the resident code.
+else, a refusal recorded in the ledger), the validation of the request (the individual number's
+shape and check digit), and the response, which carries the serial and never the resident code.
 
 Must never: echo or log the individual number (errors name the field, not the value), or block
 the event loop.
@@ -10,6 +10,7 @@ the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import grpc
@@ -34,7 +35,13 @@ class ResidentRegistryService(registry_pb2_grpc.ResidentRegistryServiceServicer)
     async def IssueProcessingSerial(  # noqa: N802 (gRPC method name)
         self, request: registry_pb2.IssueProcessingSerialRequest, context: Context
     ) -> registry_pb2.IssueProcessingSerialResponse:
-        organization = _authorized_organization(request.organization)
+        try:
+            organization = _authorized_organization(request.organization)
+        except PermissionDenied as refusal:
+            await asyncio.to_thread(
+                self._desk.record_refusal, require_caller(), request.organization, refusal.reason
+            )
+            raise
         number = _individual_number(request.individual_number)
         serial = await self._desk.issue(organization, number)
         return registry_pb2.IssueProcessingSerialResponse(processing_serial=serial)

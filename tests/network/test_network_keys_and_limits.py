@@ -10,7 +10,7 @@ import pytest
 
 from linkage.errors import ResourceExhausted
 from simulator.network.keystore import CODE_KEY_FILE, PERSON_KEY_FILE, CodeSecrets, PermitKeys
-from simulator.network.ratelimit import RateLimit, RateLimiter
+from simulator.network.ratelimit import RateLimit, RateLimited, RateLimiter
 
 
 def test_code_keys_are_owner_only_files_that_survive_a_restart(tmp_path: Path) -> None:
@@ -50,6 +50,21 @@ def test_a_rotated_permit_key_stays_published_for_the_overlap_then_is_retired(
     assert old.key_id not in on_disk
 
 
+def test_a_rotated_permit_key_is_published_at_once_but_signs_only_after_its_activation(
+    tmp_path: Path,
+) -> None:
+    keys = PermitKeys(tmp_path, timedelta(hours=1), activation=timedelta(seconds=5))
+    now = datetime.now(UTC)
+    [old] = keys.published(now)
+    assert keys.signer(now).key_id == old.key_id  # a fresh ring's only key signs at once
+    new = keys.rotate(now)
+    assert [k.key_id for k in keys.published(now)] == [new.key_id, old.key_id]
+    assert keys.signer(now + timedelta(seconds=4)).key_id == old.key_id
+    assert keys.signer(now + timedelta(seconds=6)).key_id == new.key_id
+    with pytest.raises(ValueError, match="overlap"):
+        PermitKeys(tmp_path, timedelta(seconds=5), activation=timedelta(seconds=5))
+
+
 def test_another_replica_sees_a_rotation_through_the_shared_directory(tmp_path: Path) -> None:
     one, two = PermitKeys(tmp_path, timedelta(hours=1)), PermitKeys(tmp_path, timedelta(hours=1))
     rotated = one.rotate(datetime.now(UTC))
@@ -85,3 +100,19 @@ def test_a_batch_larger_than_the_burst_passes_an_idle_bucket() -> None:
     limiter.admit("org.sakai", 5000)
     with pytest.raises(ResourceExhausted):
         limiter.admit("org.sakai", 1)
+
+
+def test_only_the_first_refusal_of_a_flood_is_marked_first() -> None:
+    time = FakeTime()
+    limiter = RateLimiter(RateLimit(per_second=1, burst=1), clock=time)
+    limiter.admit("org.sakai")
+    firsts = []
+    for _ in range(3):
+        with pytest.raises(RateLimited) as raised:
+            limiter.admit("org.sakai")
+        firsts.append(raised.value.first)
+    time.now += 1
+    limiter.admit("org.sakai")  # admitted again: the episode is over
+    with pytest.raises(RateLimited) as raised:
+        limiter.admit("org.sakai")
+    assert [*firsts, raised.value.first] == [True, False, False, True]

@@ -66,14 +66,32 @@ async def test_a_malformed_individual_number_is_invalid_argument_without_echoing
     assert number not in error.message
 
 
-async def test_asking_for_another_organization_is_permission_denied(
-    registry: registry_app.App, registry_stub: Stub
+async def test_asking_for_another_organization_is_permission_denied_and_recorded(
+    registry: registry_app.App, registry_stub: Stub, registry_url: str
 ) -> None:
     await registry.load_residents(residents(1))
     number = resident(1)[1]
-    for identity, org in (("ua.sakai", "jps"), ("org.sakai", "sakai"), ("network", "sakai")):
+    attempts = (
+        ("ua.sakai", "jps", ("PERMISSION_DENIED", "NOT_THIS_ORGANIZATION")),
+        ("org.sakai", "sakai", ("PERMISSION_DENIED", "NOT_THIS_ORGANIZATION")),
+        ("network", "Not a code", ("INVALID_ARGUMENT", "INVALID_ORGANIZATION")),  # not recorded
+    )
+    for identity, org, expected in attempts:
         error = await remote(registry_stub(identity).IssueProcessingSerial(_issue(org, number)))
-        assert (error.code, error.reason) == ("PERMISSION_DENIED", "NOT_THIS_ORGANIZATION")
+        assert (error.code, error.reason) == expected
+    engine = make_engine(registry_url)
+    with Session(engine) as session:
+        refusals = [
+            (r.event, r.actor_id, r.requester, r.outcome, r.reason, r.subject)
+            for r in session.scalars(
+                select(AccessRecordRow).where(AccessRecordRow.ledger == "registry")
+            )
+        ]
+    engine.dispose()
+    assert refusals == [
+        ("ACCESS_DENIED", "ua.sakai", "jps", "DENIED", "NOT_THIS_ORGANIZATION", ""),
+        ("ACCESS_DENIED", "org.sakai", "sakai", "DENIED", "NOT_THIS_ORGANIZATION", ""),
+    ]
 
 
 async def test_a_person_the_registry_does_not_know_is_not_found(
