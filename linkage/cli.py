@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "records": ("linkage.records.cli", "verify, export, disclose and purge access records"),
     "duplicates": ("server.cli_duplicates", "import, export and reconcile duplicates (副本)"),
     "ua": ("unified_address.cli", "staff operations of the unified address server (名寄せ)"),
+    "staff": ("server.cli_staff", "create a tenant's first staff administrator (職員)"),
     "pki": ("linkage.pki", "create the local CA and certificates for mutual TLS"),
     "bench": ("bench.run", "measure the gateway against the machine's own floor"),
     "soak": ("bench.soak", "drive the world at a steady rate and report errors and memory"),

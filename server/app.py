@@ -4,21 +4,22 @@ Owns the wiring of one platform process (中間サーバー・プラットフォ
 organizations: the database, each tenant's key ring and data key under ``data_dir/keys``, the
 platform's record-checkpoint key, the permission list copy, one network channel per tenant (as
 ``org.<code>``), the domain objects, the gRPC server (``platform.<name>``) with health and
-reflection, and the background jobs (purge of expired data, redelivery of late answers).
-``App`` also hands the world harness and tests what they need without gRPC: each tenant's
-public keys and the domain handles.
+reflection (intermediate server, inbound, staff, review and system management services), and
+the background jobs (purge of expired data, redelivery of late answers). ``App`` also hands the
+world harness and tests what they need without gRPC: each tenant's public keys, the domain
+handles, and the operator's way to create a staff account (``create_staff_account``).
 
 Must never: start serving before schema and keys are ready, or keep state another replica would
-need only in memory (queries, results, keys, nonces and the review queue are in the database;
-keys in the shared data directory).
+need only in memory (queries, results, keys, nonces, the review queue and staff sessions are in
+the database; keys in the shared data directory).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -30,7 +31,17 @@ from linkage.keys import KeyRing, PublicKeys, private_dir
 from linkage.logs import get_logger
 from linkage.records.ledger import Ledger
 from linkage.rpc import RunningServer, Security, start_server
-from linkage.v1 import inbound_pb2, inbound_pb2_grpc, intermediate_server_pb2
+from linkage.v1 import (
+    inbound_pb2,
+    inbound_pb2_grpc,
+    intermediate_server_pb2,
+    review_pb2,
+    review_pb2_grpc,
+    staff_pb2,
+    staff_pb2_grpc,
+    system_management_pb2,
+    system_management_pb2_grpc,
+)
 from linkage.v1 import intermediate_server_pb2_grpc as isg
 from permission_list import PermissionList
 from server.codes import CodeManager
@@ -46,6 +57,11 @@ from server.retention import PurgeReport, Retention
 from server.review import Review
 from server.service_inbound import InboundServicer
 from server.service_intermediate import Domain, IntermediateServerServicer
+from server.service_review import ReviewServicer
+from server.service_staff import StaffServicer
+from server.service_system import SystemManagementServicer
+from server.staff import Role, Staff, StaffSettings
+from server.system import SystemManagement
 from server.tenancy import TenantConfig, Tenants
 
 log = get_logger(__name__)
@@ -54,6 +70,11 @@ INTERMEDIATE_SERVICE = intermediate_server_pb2.DESCRIPTOR.services_by_name[
     "IntermediateServerService"
 ].full_name
 INBOUND_SERVICE = inbound_pb2.DESCRIPTOR.services_by_name["InboundService"].full_name
+STAFF_SERVICE = staff_pb2.DESCRIPTOR.services_by_name["StaffService"].full_name
+REVIEW_SERVICE = review_pb2.DESCRIPTOR.services_by_name["ReviewService"].full_name
+SYSTEM_SERVICE = system_management_pb2.DESCRIPTOR.services_by_name[
+    "SystemManagementService"
+].full_name
 
 
 @dataclass
@@ -67,7 +88,8 @@ class Config:
     answer is worth waiting for). ``duplicate_retention`` keeps ended or replaced duplicate
     versions that long before the purge deletes them. ``migrate`` runs the Alembic migrations
     at start-up (tests that create tables themselves turn it off). ``network`` replaces the
-    gRPC network client (tests with a fake network).
+    gRPC network client (tests with a fake network). ``staff`` sets session lifetimes, the
+    sign-in lockout and the password hash cost.
     """
 
     platform: str
@@ -90,6 +112,7 @@ class Config:
     migrate: bool = True
     clock: Callable[[], datetime] = system_clock
     network: NetworkPort | None = None
+    staff: StaffSettings = field(default_factory=StaffSettings)
 
 
 class App:
@@ -111,6 +134,8 @@ class App:
         retention: Retention,
         query_keys: QueryKeys,
         directory: Directory,
+        staff: Staff,
+        system: SystemManagement,
         jobs: list[asyncio.Task[None]],
     ) -> None:
         self.config = config
@@ -127,6 +152,8 @@ class App:
         self.retention = retention
         self.query_keys = query_keys
         self.directory = directory
+        self.staff = staff
+        self.system = system
         self._grpc_network = grpc_network
         self._jobs = jobs
 
@@ -146,6 +173,28 @@ class App:
         """Run the purge job now (it also runs every ``purge_interval``)."""
         moment = now if now is not None else self.config.clock()
         return await asyncio.to_thread(self.retention.purge_expired, moment)
+
+    async def create_staff_account(
+        self,
+        tenant: str,
+        username: str,
+        password: str,
+        roles: Iterable[str | Role],
+        *,
+        must_change: bool = True,
+    ) -> str:
+        """Create a staff account as the platform operator (bootstrap, world harness, demo).
+
+        ``roles`` by name ("OPERATOR", "REVIEWER", "ADMINISTRATOR"). The account's holder must
+        change ``password`` at first sign-in unless ``must_change`` is False. Recorded in the
+        tenant's ledger (actor SYSTEM ``operator``). Returns ``organizations/{code}/staff/{name}``;
+        raises ``AlreadyExists`` for a taken user name, ``InvalidArgument`` for a bad one, a weak
+        password or an unknown role, ``NotFound`` for a tenant not hosted here.
+        """
+        code = self.tenants.get(tenant).code
+        return await asyncio.to_thread(
+            self.staff.add_account, code, username, password, roles, must_change=must_change
+        )
 
     async def close(self, grace: float = 2.0) -> None:
         """Stop serving (in-flight calls finish within ``grace``), then release resources."""
@@ -214,9 +263,16 @@ async def start(config: Config) -> App:
     )
     provider = Provider(sessions, tenants, directory, permissions, recorder, clock)
     review = Review(sessions, tenants, network, recorder, clock)
-    retention = Retention(sessions, keys, duplicate_retention=config.duplicate_retention)
+    staff = Staff(sessions, recorder, clock, config.staff)
+    retention = Retention(
+        sessions, keys, duplicate_retention=config.duplicate_retention, staff=staff
+    )
+    system = SystemManagement(sessions, retention, clock)
     intermediate = IntermediateServerServicer(domain)
     inbound = InboundServicer(provider, requester)
+    staff_servicer = StaffServicer(tenants, staff)
+    review_servicer = ReviewServicer(tenants, staff, review)
+    system_servicer = SystemManagementServicer(tenants, staff, system)
     try:
         server = await start_server(
             [
@@ -227,6 +283,24 @@ async def start(config: Config) -> App:
                 (
                     lambda s: inbound_pb2_grpc.add_InboundServiceServicer_to_server(inbound, s),
                     INBOUND_SERVICE,
+                ),
+                (
+                    lambda s: staff_pb2_grpc.add_StaffServiceServicer_to_server(staff_servicer, s),
+                    STAFF_SERVICE,
+                ),
+                (
+                    lambda s: review_pb2_grpc.add_ReviewServiceServicer_to_server(
+                        review_servicer, s
+                    ),
+                    REVIEW_SERVICE,
+                ),
+                (
+                    lambda s: (
+                        system_management_pb2_grpc.add_SystemManagementServiceServicer_to_server(
+                            system_servicer, s
+                        )
+                    ),
+                    SYSTEM_SERVICE,
                 ),
             ],
             security=config.security,
@@ -266,6 +340,8 @@ async def start(config: Config) -> App:
         retention=retention,
         query_keys=keys,
         directory=directory,
+        staff=staff,
+        system=system,
         jobs=jobs,
     )
 

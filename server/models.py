@@ -1,11 +1,12 @@
 """The intermediate server's tables (``server_*``), every one keyed by ``tenant``.
 
 Owns the schema of: linkage codes (符号管理), duplicates (副本) and their auto-response flags,
-imports (idempotency), requester query keys, queries and their results, used permit nonces and
-held provisions (the review queue).
+imports (idempotency), requester query keys, queries and their results, used permit nonces,
+held provisions (the review queue), and staff accounts, sessions and failed sign-ins.
 
 Must never: hold an individual number or a resident code; hold personal data in clear (contents,
-values and private keys are ``linkage.atrest`` tokens); have a table without a ``tenant`` column.
+values and private keys are ``linkage.atrest`` tokens); have a table without a ``tenant`` column;
+hold a password or a session token (only a scrypt hash and a sha256).
 Access records live in ``linkage.records`` (ledger ``server:<org>``), not here.
 """
 
@@ -34,6 +35,7 @@ TENANT = 32  # organization code length ([a-z0-9-], at most 32)
 ID = 128  # query ids, import ids, permit ids
 NUMBER = 64  # unified numbers and linkage codes
 ITEM = 64  # data item ids
+USERNAME = 64  # staff user names
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -217,3 +219,57 @@ class HeldProvisionRow(Base):
     answer_batch: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     delivered: Mapped[bool] = mapped_column(Boolean, default=False)
     delivery_attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class StaffAccountRow(Base):
+    """A staff member's account at a tenant: one person per user name (no shared accounts).
+
+    ``password_hash`` is ``server.passwords``' stored form (scrypt, parameters included);
+    ``roles`` the granted roles joined by ","; ``must_change_password`` is set for an initial
+    password and cleared by ChangePassword.
+    """
+
+    __tablename__ = "server_staff_accounts"
+
+    tenant: Mapped[str] = mapped_column(String(TENANT), primary_key=True)
+    username: Mapped[str] = mapped_column(String(USERNAME), primary_key=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    roles: Mapped[str] = mapped_column(String(ITEM))
+    must_change_password: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_by: Mapped[str] = mapped_column(String(ID))
+    password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class StaffSessionRow(Base):
+    """A signed-in staff session, found by the sha256 of its token (the token is never stored).
+
+    It ends at ``expires_at`` (absolute) or after the idle timeout since ``last_used_at``,
+    whichever comes first; replicas share it through the database.
+    """
+
+    __tablename__ = "server_staff_sessions"
+    __table_args__ = (Index("ix_server_staff_sessions_user", "tenant", "username"),)
+
+    token_sha256: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(TENANT))
+    username: Mapped[str] = mapped_column(String(USERNAME))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class StaffSignInFailureRow(Base):
+    """Recent failed sign-ins for a user name, whether or not an account has it.
+
+    Keyed by the name tried, so an unknown user name is locked out exactly like a known one and
+    the lockout tells nobody which names exist.
+    """
+
+    __tablename__ = "server_staff_sign_in_failures"
+
+    tenant: Mapped[str] = mapped_column(String(TENANT), primary_key=True)
+    username: Mapped[str] = mapped_column(String(USERNAME), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    last_failure_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

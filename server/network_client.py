@@ -77,7 +77,7 @@ class GrpcNetwork:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, network_pb2_grpc.NetworkServiceAsyncStub] = {}
         for code in tenant_codes:
-            channel = Security(pki_dir, f"org.{code}").channel(address)
+            channel = Security(pki_dir, f"org.{code}").channel(address, server="network")
             self._channels[code] = channel
             self._stubs[code] = network_pb2_grpc.NetworkServiceStub(channel)
         if not self._stubs:

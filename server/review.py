@@ -85,17 +85,28 @@ class Review:
         self, tenant: str, *, limit: int, after: tuple[datetime, str] | None, staff_id: str
     ) -> list[HeldView]:
         """Held provisions still waiting, oldest first; viewing them is recorded."""
+        views, _more = await self.list_held_page(
+            tenant, limit=limit, after=after, staff_id=staff_id
+        )
+        return views
+
+    async def list_held_page(
+        self, tenant: str, *, limit: int, after: tuple[datetime, str] | None, staff_id: str
+    ) -> tuple[list[HeldView], bool]:
+        """A page of ``list_held`` and whether more wait after it (only the page is viewed)."""
+        _check_staff(staff_id)
         return await asyncio.to_thread(
             self._list, self._tenants.get(tenant), limit, after, staff_id
         )
 
     def _list(
         self, tenant: Tenant, limit: int, after: tuple[datetime, str] | None, staff_id: str
-    ) -> list[HeldView]:
+    ) -> tuple[list[HeldView], bool]:
         now = self._clock()
         with unit_of_work(self._sessions) as session:
-            rows = repo.held_page(session, tenant.code, state=HELD, after=after, limit=limit)
-            views = [self._view(session, tenant, row) for row in rows]
+            rows = repo.held_page(session, tenant.code, state=HELD, after=after, limit=limit + 1)
+            more = len(rows) > limit
+            views = [self._view(session, tenant, row) for row in rows[:limit]]
             self._recorder.append(
                 session,
                 [
@@ -117,7 +128,7 @@ class Review:
                     for view in views
                 ],
             )
-        return views
+        return views, more
 
     def _view(self, session: Session, tenant: Tenant, row: HeldProvisionRow) -> HeldView:
         permit = payloads_pb2.Permit.FromString(row.permit)

@@ -111,10 +111,18 @@ class Tenants:
         The caller's own code is compared with the named one before the name is parsed any
         further or looked up, so a caller learns nothing about other tenants.
         """
-        own = caller.removeprefix("ua.") if caller.startswith("ua.") else None
+        return self._bound("ua.", "a unified address server", caller, named_code)
+
+    def for_staff_console(self, caller: str, named_code: str | None = None) -> Tenant:
+        """The tenant of a ``staff-console.<code>`` caller (職員端末), checked like
+        ``for_unified_address``; ``named_code`` None when the request names no tenant."""
+        return self._bound("staff-console.", "a staff console", caller, named_code)
+
+    def _bound(self, prefix: str, what: str, caller: str, named_code: str | None) -> Tenant:
+        own = caller.removeprefix(prefix) if caller.startswith(prefix) else None
         if own is None:
-            raise PermissionDenied("CALLER_NOT_ALLOWED", "only a unified address server may call")
-        if named_code != own or own not in self._by_code:
+            raise PermissionDenied("CALLER_NOT_ALLOWED", f"only {what} may call")
+        if (named_code is not None and named_code != own) or own not in self._by_code:
             raise PermissionDenied(
                 "TENANT_MISMATCH", "the caller may act only for its own organization"
             )

@@ -41,6 +41,9 @@ IDENTITIES = (
     "ua.osaka",
     "ua.kobe",
     "bs.sakai.tax",
+    "staff-console.sakai",
+    "staff-console.jps",
+    "staff-console.osaka",
 )
 
 

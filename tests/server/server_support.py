@@ -5,6 +5,9 @@
   with the organizations registered in the directory; helpers to act as a unified address
   server (``ua``), as the registry (``enroll``), and to look into a platform's database.
 - ``remote``: await a call that must fail and get its code, reason and field violations.
+- Staff consoles (``console``: the staff, review and system management stubs as
+  ``staff-console.<code>``), ``bearer`` metadata and ``signed_in`` (an account made by the
+  platform operator, signed in).
 - Builders of duplicate records for the five data items.
 """
 
@@ -30,6 +33,10 @@ from linkage.v1 import (
     intermediate_server_pb2_grpc,
     network_pb2,
     network_pb2_grpc,
+    review_pb2_grpc,
+    staff_pb2,
+    staff_pb2_grpc,
+    system_management_pb2_grpc,
 )
 from server import app as server_app
 from server.tenancy import TenantConfig
@@ -38,9 +45,18 @@ from simulator.network import app as network_app
 if TYPE_CHECKING:
     UaStub = intermediate_server_pb2_grpc.IntermediateServerServiceAsyncStub
     NetStub = network_pb2_grpc.NetworkServiceAsyncStub
+    StaffStub = staff_pb2_grpc.StaffServiceAsyncStub
+    ReviewStub = review_pb2_grpc.ReviewServiceAsyncStub
+    SystemStub = system_management_pb2_grpc.SystemManagementServiceAsyncStub
 else:
     UaStub = Any
     NetStub = Any
+    StaffStub = Any
+    ReviewStub = Any
+    SystemStub = Any
+
+# A password good enough for the rules (12+ characters, varied, not the user name).
+PASSWORD = "correct horse battery"
 
 pb = intermediate_server_pb2
 QS = common_pb2.QueryStatus
@@ -49,6 +65,20 @@ QS = common_pb2.QueryStatus
 # regional association (so sakai → jps stays on one platform, osaka → sakai crosses two).
 ALPHA = {"sakai": ["municipality"], "jps": ["pension_service"]}
 BETA = {"osaka": ["regional_association"]}
+
+
+@dataclass(frozen=True)
+class Console:
+    """A staff console (職員端末) of one organization: its three services' stubs."""
+
+    staff: StaffStub
+    review: ReviewStub
+    system: SystemStub
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    """The call metadata carrying a session."""
+    return (("authorization", f"Bearer {token}"),)
 
 
 class Clock:
@@ -167,6 +197,40 @@ class World:
         stub: NetStub = self.stubs[key]
         return stub
 
+    def console(
+        self, code: str, *, identity: str | None = None, platform: str | None = None
+    ) -> Console:
+        """The staff services of ``code``'s platform, called as ``staff-console.<code>``."""
+        target = self.platforms[platform or self.hosts[code]]
+        key = ("console", target.address, identity or f"staff-console.{code}")
+        if key not in self.stubs:
+            channel = Security(self.pki_dir, key[2]).channel(target.address)
+            self.channels.append(channel)
+            self.stubs[key] = Console(
+                staff=staff_pb2_grpc.StaffServiceStub(channel),
+                review=review_pb2_grpc.ReviewServiceStub(channel),
+                system=system_management_pb2_grpc.SystemManagementServiceStub(channel),
+            )
+        console: Console = self.stubs[key]
+        return console
+
+    async def sign_in(
+        self, code: str, username: str, password: str = PASSWORD
+    ) -> staff_pb2.SignInResponse:
+        response: staff_pb2.SignInResponse = await self.console(code).staff.SignIn(
+            staff_pb2.SignInRequest(
+                parent=f"organizations/{code}", username=username, password=password
+            )
+        )
+        return response
+
+    async def signed_in(self, code: str, username: str, *roles: str) -> str:
+        """A session token of a new account with ``roles`` (made by the platform operator)."""
+        await self.platform_of(code).create_staff_account(
+            code, username, PASSWORD, roles, must_change=False
+        )
+        return (await self.sign_in(code, username)).session_token
+
     async def enroll(self, code: str, unified_number: str, resident_code: str) -> None:
         """The code acquisition flow: the registry hands a serial to the network, the unified
         address server passes it to its intermediate server, which obtains the code."""
@@ -226,6 +290,7 @@ class World:
         statement = select(RECORDS).where(RECORDS.c.ledger == f"server:{code}")
         for column, value in match.items():
             statement = statement.where(RECORDS.c[column] == value)
+        statement = statement.order_by(RECORDS.c.seq)
         with self.engines[self.hosts[code]].connect() as connection:
             return [dict(row._mapping) for row in connection.execute(statement)]
 

@@ -1,0 +1,689 @@
+"""Staff authentication and authorization (職員認証・権限管理機能) of a platform's tenants.
+
+Owns: accounts (one person per user name, scrypt hashes from ``server.passwords``, roles),
+sign-in with lockout after repeated failures (an unknown user name and a wrong password look the
+same: same error, same work, same lockout), sessions (an opaque random token; the database keeps
+only its sha256, so replicas share sessions and a leaked table opens none; idle and absolute
+expiry), the forced change of an initial password, role checks, and an access record in the
+tenant's ledger for every sign-in, sign-out, operation and refusal (actor STAFF, the user name).
+
+The console's tenant arrives already bound to its certificate (``staff-console.<code>``, see
+``Tenants.for_staff_console``); a session works only from its own tenant's consoles.
+
+Must never: store or log a password or a token, tell whether a user name exists, let a session
+act for another tenant, let a session with an initial password do anything but change it or sign
+out, or import grpc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+import secrets
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from linkage.db import unit_of_work
+from linkage.errors import (
+    AlreadyExists,
+    FieldViolation,
+    InvalidArgument,
+    LinkageError,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
+from linkage.logs import get_logger
+from linkage.records.model import AccessRecord, ActorKind, Outcome, RecordEvent
+from server import staff_store as store
+from server.models import StaffSessionRow
+from server.passwords import (
+    MAX_LENGTH,
+    ScryptParams,
+    hash_password,
+    needs_rehash,
+    password_problem,
+    verify_password,
+)
+from server.ports import Clock
+from server.records import Recorder, record
+
+log = get_logger(__name__)
+
+SIGN_IN = "StaffService.SignIn"
+SIGN_OUT = "StaffService.SignOut"
+CHANGE_PASSWORD = "StaffService.ChangePassword"  # noqa: S105 (an operation name)
+CREATE_STAFF_ACCOUNT = "StaffService.CreateStaffAccount"
+
+_USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_TRAILING_NUMBER = re.compile(r"[._-]*[0-9]*$")
+# Names that describe a post or a group, not a person: an account so named would be shared.
+GENERIC_NAMES = frozenset(
+    {
+        "admin",
+        "administrator",
+        "anonymous",
+        "common",
+        "console",
+        "default",
+        "demo",
+        "everyone",
+        "guest",
+        "kanri",
+        "office",
+        "operator",
+        "reviewer",
+        "root",
+        "service",
+        "shared",
+        "staff",
+        "superuser",
+        "support",
+        "sysadmin",
+        "system",
+        "tantou",
+        "team",
+        "test",
+        "user",
+    }
+)
+_DUMMY_PASSWORD = "not-a-password-of-anyone"  # noqa: S105 (hashed to equalize timing only)
+_MAX_TOKEN = 256
+
+
+class Role(StrEnum):
+    """What a staff member may do; each role grants a fixed set of operations."""
+
+    OPERATOR = "OPERATOR"
+    REVIEWER = "REVIEWER"
+    ADMINISTRATOR = "ADMINISTRATOR"
+
+
+@dataclass(frozen=True)
+class StaffSettings:
+    """Session lifetimes, lockout and the password hash cost of a platform."""
+
+    session_idle_timeout: timedelta = timedelta(minutes=30)
+    session_lifetime: timedelta = timedelta(hours=8)
+    max_failed_sign_ins: int = 5
+    lockout: timedelta = timedelta(minutes=15)
+    max_concurrent_hashes: int = 4
+    password_params: ScryptParams = field(default_factory=ScryptParams)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedIn:
+    """A new session: the token (shown once, never stored) and what it allows."""
+
+    token: str
+    expires_at: datetime
+    password_change_required: bool
+    roles: tuple[Role, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """The staff member behind an authorized call."""
+
+    tenant: str
+    username: str
+    roles: frozenset[Role]
+    session_digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Denial:
+    error: LinkageError
+    records: list[AccessRecord]
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+def username_problem(username: str) -> str | None:
+    """Why ``username`` is not a valid user name (syntax only), or None."""
+    if _USERNAME.fullmatch(username) is None:
+        return "1 to 64 of [a-z0-9._-], starting with a letter or digit"
+    return None
+
+
+def personal_username_problem(username: str, tenant: str) -> str | None:
+    """Why ``username`` may not name a new account (syntax, or a post rather than a person)."""
+    problem = username_problem(username)
+    if problem is not None:
+        return problem
+    base = _TRAILING_NUMBER.sub("", username)
+    if base in GENERIC_NAMES or base == tenant or username == tenant:
+        return "names a post or a group, not one person (no shared accounts)"
+    return None
+
+
+def parse_roles(roles: Iterable[str | Role]) -> frozenset[Role]:
+    """Roles by name; INVALID_ARGUMENT when none is given or one is unknown."""
+    parsed: set[Role] = set()
+    for value in roles:
+        try:
+            parsed.add(Role(value))
+        except ValueError:
+            raise _invalid("INVALID_ROLE", "roles", "unknown role") from None
+    if not parsed:
+        raise _invalid("INVALID_ROLE", "roles", "at least one role")
+    return frozenset(parsed)
+
+
+def _invalid(reason: str, field_name: str, description: str) -> InvalidArgument:
+    return InvalidArgument(
+        reason,
+        f"{field_name}: {description}",
+        violations=(FieldViolation(field_name, description),),
+    )
+
+
+def _check_new_password(password: str, username: str, field_name: str) -> None:
+    problem = password_problem(password, username=username)
+    if problem is not None:
+        raise _invalid("WEAK_PASSWORD", field_name, problem)
+
+
+def _roles_text(roles: Iterable[Role]) -> str:
+    return ",".join(sorted(role.value for role in roles))
+
+
+def _roles_of(text: str) -> frozenset[Role]:
+    known = {role.value: role for role in Role}
+    return frozenset(known[name] for name in text.split(",") if name in known)
+
+
+def token_digest(token: str) -> bytes:
+    """The sha256 of a session token: all the database ever holds of it."""
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+# --- the domain ---------------------------------------------------------------------------------
+
+
+class Staff:
+    """Accounts, sign-in and sessions of every tenant of a platform."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        recorder: Recorder,
+        clock: Clock,
+        settings: StaffSettings | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._recorder = recorder
+        self._clock = clock
+        self.settings = settings if settings is not None else StaffSettings()
+        self._dummy: str | None = None
+        # scrypt takes n·r·128 bytes (16 MiB by default) per hash: bound how many run at once.
+        self._hash_slots = asyncio.Semaphore(self.settings.max_concurrent_hashes)
+
+    async def _check_password(self, password: str, stored: str | None) -> bool:
+        async with self._hash_slots:
+            return await asyncio.to_thread(self._verify, password, stored)
+
+    async def _hash(self, password: str) -> str:
+        async with self._hash_slots:
+            return await asyncio.to_thread(hash_password, password, self.settings.password_params)
+
+    # --- records ---------------------------------------------------------------------------------
+
+    def _record(
+        self,
+        tenant: str,
+        at: datetime,
+        event: RecordEvent,
+        outcome: Outcome,
+        username: str,
+        operation: str,
+        reason: str = "",
+    ) -> AccessRecord:
+        return record(
+            tenant=tenant,
+            at=at,
+            event=event,
+            outcome=outcome,
+            actor_kind=ActorKind.STAFF,
+            actor_id=username,
+            procedure=operation,
+            reason=reason,
+        )
+
+    def _denied(
+        self, tenant: str, at: datetime, username: str, operation: str, error: LinkageError
+    ) -> _Denial:
+        entry = self._record(
+            tenant, at, RecordEvent.ACCESS_DENIED, Outcome.DENIED, username, operation, error.reason
+        )
+        return _Denial(error, [entry])
+
+    # --- accounts --------------------------------------------------------------------------------
+
+    async def create_account(
+        self, actor: Actor, username: str, password: str, roles: Iterable[str | Role]
+    ) -> str:
+        """CreateStaffAccount by an administrator (the caller checked the role); the name."""
+        granted = self._check_account(actor.tenant, username, password, roles)
+        hashed = await self._hash(password)
+        return await asyncio.to_thread(
+            self._insert_account,
+            actor.tenant,
+            username,
+            hashed,
+            granted,
+            must_change=True,
+            actor_kind=ActorKind.STAFF,
+            actor_id=actor.username,
+            operation=CREATE_STAFF_ACCOUNT,
+            session_digest=actor.session_digest,
+        )
+
+    def add_account(
+        self,
+        tenant: str,
+        username: str,
+        password: str,
+        roles: Iterable[str | Role],
+        *,
+        must_change: bool = True,
+        created_by: str = "operator",
+        operation: str = CREATE_STAFF_ACCOUNT,
+    ) -> str:
+        """An account made by the platform operator (bootstrap, harness); blocking."""
+        granted = self._check_account(tenant, username, password, roles)
+        hashed = hash_password(password, self.settings.password_params)
+        return self._insert_account(
+            tenant,
+            username,
+            hashed,
+            granted,
+            must_change=must_change,
+            actor_kind=ActorKind.SYSTEM,
+            actor_id=created_by,
+            operation=operation,
+            session_digest=None,
+        )
+
+    def _check_account(
+        self, tenant: str, username: str, password: str, roles: Iterable[str | Role]
+    ) -> frozenset[Role]:
+        violations: list[FieldViolation] = []
+        problem = personal_username_problem(username, tenant)
+        if problem is not None:
+            violations.append(FieldViolation("username", problem))
+        weak = password_problem(password, username=username)
+        if weak is not None:
+            violations.append(FieldViolation("initial_password", weak))
+        if violations:
+            raise InvalidArgument(
+                "INVALID_USERNAME" if problem is not None else "WEAK_PASSWORD",
+                f"{violations[0].field}: {violations[0].description}",
+                violations=violations,
+            )
+        return parse_roles(roles)
+
+    def _insert_account(
+        self,
+        tenant: str,
+        username: str,
+        password_hash: str,
+        roles: frozenset[Role],
+        *,
+        must_change: bool,
+        actor_kind: ActorKind,
+        actor_id: str,
+        operation: str,
+        session_digest: bytes | None,
+    ) -> str:
+        now = self._clock()
+        with unit_of_work(self._sessions) as session:
+            inserted = store.add_account(
+                session,
+                {
+                    "tenant": tenant,
+                    "username": username,
+                    "password_hash": password_hash,
+                    "roles": _roles_text(roles),
+                    "must_change_password": must_change,
+                    "created_at": now,
+                    "created_by": actor_id,
+                    "password_changed_at": now,
+                },
+            )
+            if session_digest is not None:
+                store.touch_session(session, tenant, session_digest, now)
+            self._recorder.append(
+                session,
+                [
+                    record(
+                        tenant=tenant,
+                        at=now,
+                        event=RecordEvent.STAFF_OPERATION,
+                        outcome=Outcome.OK if inserted else Outcome.FAILED,
+                        actor_kind=actor_kind,
+                        actor_id=actor_id,
+                        procedure=operation,
+                        reason="" if inserted else "STAFF_ACCOUNT_EXISTS",
+                    )
+                ],
+            )
+        if not inserted:
+            raise AlreadyExists("STAFF_ACCOUNT_EXISTS", "that user name is taken")
+        log.info("staff_account_created", tenant=tenant, roles=_roles_text(roles))
+        return f"organizations/{tenant}/staff/{username}"
+
+    # --- signing in ------------------------------------------------------------------------------
+
+    async def sign_in(self, tenant: str, username: str, password: str) -> SignedIn:
+        """A new session, or UNAUTHENTICATED (unknown user and wrong password alike)."""
+        _check_credentials_shape(username, password)
+        stored = await asyncio.to_thread(self._before_sign_in, tenant, username)
+        matched = await self._check_password(password, stored)
+        rehash = None
+        if matched and stored is not None and needs_rehash(stored, self.settings.password_params):
+            rehash = await self._hash(password)
+        outcome = await asyncio.to_thread(
+            self._after_sign_in, tenant, username, matched, stored, rehash
+        )
+        if isinstance(outcome, LinkageError):
+            raise outcome
+        return outcome
+
+    def _dummy_hash(self) -> str:
+        if self._dummy is None:
+            self._dummy = hash_password(_DUMMY_PASSWORD, self.settings.password_params)
+        return self._dummy
+
+    def _verify(self, password: str, stored: str | None) -> bool:
+        """Verify against the account's hash, or a dummy one of the same cost (same timing)."""
+        if stored is None:
+            verify_password(password, self._dummy_hash())
+            return False
+        return verify_password(password, stored)
+
+    def _before_sign_in(self, tenant: str, username: str, operation: str = SIGN_IN) -> str | None:
+        """The stored hash (None for an unknown user); RESOURCE_EXHAUSTED while locked."""
+        now = self._clock()
+        with unit_of_work(self._sessions) as session:
+            locked = self._lock_error(session, tenant, username, now)
+            if locked is None:
+                account = store.account(session, tenant, username)
+                return None if account is None else account.password_hash
+            self._recorder.append(
+                session, self._denied(tenant, now, username, operation, locked).records
+            )
+        raise locked
+
+    def _lock_error(
+        self, session: Session, tenant: str, username: str, now: datetime
+    ) -> ResourceExhausted | None:
+        until = store.locked_until(session, tenant, username)
+        if until is None or until <= now:
+            return None
+        seconds = max(1, int((until - now).total_seconds()))
+        return ResourceExhausted(
+            "SIGN_IN_LOCKED",
+            "too many failed sign-ins; try again later",
+            metadata={"retry_after_seconds": str(seconds)},
+        )
+
+    def _after_sign_in(
+        self, tenant: str, username: str, matched: bool, stored: str | None, rehash: str | None
+    ) -> SignedIn | LinkageError:
+        now = self._clock()
+        with unit_of_work(self._sessions) as session:
+            if not matched:
+                return self._count_failure(session, tenant, username, now, SIGN_IN)
+            account = store.account(session, tenant, username)
+            if account is None:  # deleted while the hash was checked
+                return self._count_failure(session, tenant, username, now, SIGN_IN)
+            store.clear_failures(session, tenant, username)
+            if rehash is not None and stored is not None:
+                store.replace_hash(session, tenant, username, stored, rehash)
+            token = secrets.token_urlsafe(32)
+            expires_at = now + self.settings.session_lifetime
+            store.add_session(
+                session,
+                StaffSessionRow(
+                    token_sha256=token_digest(token),
+                    tenant=tenant,
+                    username=username,
+                    created_at=now,
+                    last_used_at=now,
+                    expires_at=expires_at,
+                ),
+            )
+            self._recorder.append(
+                session,
+                [
+                    self._record(
+                        tenant, now, RecordEvent.STAFF_SIGNED_IN, Outcome.OK, username, SIGN_IN
+                    )
+                ],
+            )
+            roles = tuple(sorted(_roles_of(account.roles)))
+            return SignedIn(token, expires_at, account.must_change_password, roles)
+
+    def _count_failure(
+        self, session: Session, tenant: str, username: str, now: datetime, operation: str
+    ) -> LinkageError:
+        """Count a wrong password (locking at the limit), record it; the error to raise."""
+        settings = self.settings
+        failures = store.note_failure(
+            session, tenant, username, at=now, window_start=now - settings.lockout
+        )
+        if failures >= settings.max_failed_sign_ins:
+            store.lock(session, tenant, username, now + settings.lockout)
+            log.warning("staff_sign_in_locked", tenant=tenant)
+        error = Unauthenticated("INVALID_CREDENTIALS", "unknown user name or wrong password")
+        self._recorder.append(
+            session, self._denied(tenant, now, username, operation, error).records
+        )
+        return error
+
+    # --- sessions --------------------------------------------------------------------------------
+
+    async def authorize(self, tenant: str, token: str, operation: str, role: Role | None) -> Actor:
+        """The staff member of the session ``token`` at the console of ``tenant``, if they may
+        do ``operation`` (``role`` required); a refusal is recorded before it is raised."""
+        return await asyncio.to_thread(self._authorize, tenant, token, operation, role, False)
+
+    def _authorize(
+        self, tenant: str, token: str, operation: str, role: Role | None, changing: bool
+    ) -> Actor:
+        now = self._clock()
+        with unit_of_work(self._sessions) as session:
+            checked = self._check_session(session, tenant, token, operation, role, changing, now)
+            if isinstance(checked, Actor):
+                return checked
+            self._recorder.append(session, checked.records)
+        raise checked.error
+
+    def _check_session(
+        self,
+        session: Session,
+        tenant: str,
+        token: str,
+        operation: str,
+        role: Role | None,
+        changing: bool,
+        now: datetime,
+    ) -> Actor | _Denial:
+        """Who holds the session, or why not: tenant, expiry, password change, role."""
+        if not token or len(token) > _MAX_TOKEN:
+            return self._denied(
+                tenant, now, "", operation, Unauthenticated("NO_SESSION", "sign in first")
+            )
+        digest = token_digest(token)
+        found = store.session_with_account(session, digest)
+        error: LinkageError
+        if found is None:
+            error = Unauthenticated("INVALID_SESSION", "the session is unknown or has ended")
+            return self._denied(tenant, now, "", operation, error)
+        row, account = found
+        if row.tenant != tenant:
+            error = PermissionDenied(
+                "TENANT_MISMATCH", "the session belongs to another organization's console"
+            )
+            theirs = self._denied(row.tenant, now, row.username, operation, error)
+            ours = self._denied(tenant, now, row.username, operation, error)
+            return _Denial(error, theirs.records + ours.records)
+        idle_end = row.last_used_at + self.settings.session_idle_timeout
+        if account is None or now >= row.expires_at or now >= idle_end:
+            error = Unauthenticated("SESSION_EXPIRED", "the session has expired; sign in again")
+            return self._denied(tenant, now, row.username, operation, error)
+        if account.must_change_password and not changing:
+            error = PermissionDenied(
+                "PASSWORD_CHANGE_REQUIRED", "change the initial password first"
+            )
+            return self._denied(tenant, now, row.username, operation, error)
+        roles = _roles_of(account.roles)
+        if role is not None and role not in roles:
+            error = PermissionDenied(
+                "ROLE_REQUIRED", f"this needs the {role.value} role", metadata={"role": role.value}
+            )
+            return self._denied(tenant, now, row.username, operation, error)
+        return Actor(tenant, row.username, roles, digest)
+
+    async def record_operation(
+        self, actor: Actor, operation: str, *, failure: LinkageError | None = None
+    ) -> None:
+        """Record an operation (and keep the session alive: it was used)."""
+        await asyncio.to_thread(self._record_operation, actor, operation, failure)
+
+    def _record_operation(self, actor: Actor, operation: str, failure: LinkageError | None) -> None:
+        now = self._clock()
+        with unit_of_work(self._sessions) as session:
+            store.touch_session(session, actor.tenant, actor.session_digest, now)
+            self._recorder.append(
+                session,
+                [
+                    self._record(
+                        actor.tenant,
+                        now,
+                        RecordEvent.STAFF_OPERATION,
+                        Outcome.OK if failure is None else Outcome.FAILED,
+                        actor.username,
+                        operation,
+                        "" if failure is None else failure.reason,
+                    )
+                ],
+            )
+
+    @contextlib.asynccontextmanager
+    async def operation(self, actor: Actor, operation: str) -> AsyncIterator[None]:
+        """Record the operation in the block when it ends: OK, or FAILED with its reason.
+
+        Bad input (INVALID_ARGUMENT) changes nothing and writes nothing, not even a record.
+        """
+        try:
+            yield
+        except InvalidArgument:
+            raise
+        except LinkageError as error:
+            await self.record_operation(actor, operation, failure=error)
+            raise
+        await self.record_operation(actor, operation)
+
+    async def sign_out(self, tenant: str, token: str) -> None:
+        """End the session (allowed even before the initial password is changed)."""
+        await asyncio.to_thread(self._sign_out, tenant, token)
+
+    def _sign_out(self, tenant: str, token: str) -> None:
+        now = self._clock()
+        with unit_of_work(self._sessions) as session:
+            checked = self._check_session(session, tenant, token, SIGN_OUT, None, True, now)
+            if isinstance(checked, Actor):
+                store.delete_session(session, tenant, checked.session_digest)
+                entry = self._record(
+                    tenant,
+                    now,
+                    RecordEvent.STAFF_SIGNED_OUT,
+                    Outcome.OK,
+                    checked.username,
+                    SIGN_OUT,
+                )
+                self._recorder.append(session, [entry])
+                return
+            self._recorder.append(session, checked.records)
+        raise checked.error
+
+    # --- changing the password -------------------------------------------------------------------
+
+    async def change_password(self, tenant: str, token: str, current: str, new: str) -> None:
+        """Replace the password (ending the user's other sessions); clears the forced change."""
+        actor = await asyncio.to_thread(self._authorize, tenant, token, CHANGE_PASSWORD, None, True)
+        if not current or len(current) > MAX_LENGTH:
+            raise _invalid("MISSING_PASSWORD", "current_password", "required")
+        _check_new_password(new, actor.username, "new_password")
+        if new == current:
+            raise _invalid("SAME_PASSWORD", "new_password", "must differ from the current one")
+        stored = await asyncio.to_thread(
+            self._before_sign_in, tenant, actor.username, CHANGE_PASSWORD
+        )
+        if not await self._check_password(current, stored):
+            error = await asyncio.to_thread(self._wrong_current, actor)
+            raise error
+        hashed = await self._hash(new)
+        await asyncio.to_thread(self._store_password, actor, hashed)
+
+    def _wrong_current(self, actor: Actor) -> LinkageError:
+        now = self._clock()
+        with unit_of_work(self._sessions) as session:
+            return self._count_failure(session, actor.tenant, actor.username, now, CHANGE_PASSWORD)
+
+    def _store_password(self, actor: Actor, password_hash: str) -> None:
+        now = self._clock()
+        with unit_of_work(self._sessions) as session:
+            store.set_password(
+                session,
+                actor.tenant,
+                actor.username,
+                password_hash=password_hash,
+                at=now,
+                must_change=False,
+            )
+            store.delete_other_sessions(session, actor.tenant, actor.username, actor.session_digest)
+            store.clear_failures(session, actor.tenant, actor.username)
+            store.touch_session(session, actor.tenant, actor.session_digest, now)
+            entry = self._record(
+                actor.tenant,
+                now,
+                RecordEvent.STAFF_OPERATION,
+                Outcome.OK,
+                actor.username,
+                CHANGE_PASSWORD,
+            )
+            self._recorder.append(session, [entry])
+
+    # --- retention -------------------------------------------------------------------------------
+
+    def purge(self, session: Session, now: datetime, tenant: str | None) -> int:
+        """Delete ended sessions and forgotten failures (in the caller's purge transaction)."""
+        idle_cutoff = now - self.settings.session_idle_timeout
+        ended = store.purge_sessions(session, now, idle_cutoff, tenant)
+        store.purge_failures(session, now, now - self.settings.lockout, tenant)
+        return ended
+
+
+def _check_credentials_shape(username: str, password: str) -> None:
+    violations: list[FieldViolation] = []
+    problem = username_problem(username)
+    if problem is not None:
+        violations.append(FieldViolation("username", problem))
+    if not password or len(password) > MAX_LENGTH:
+        violations.append(FieldViolation("password", f"1 to {MAX_LENGTH} characters"))
+    if violations:
+        raise InvalidArgument(
+            "INVALID_CREDENTIALS_FORMAT",
+            f"{violations[0].field}: {violations[0].description}",
+            violations=violations,
+        )
