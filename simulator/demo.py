@@ -2,12 +2,16 @@
 
 Owns the command line of the demo: it generates a population (plus the showcase households of
 :mod:`simulator.scenario_plan`), starts every system in one process over mutual TLS (the world
-harness) in a data directory, runs the scenario (:mod:`simulator.scenario`), reviews one held
-query, traces one person's journey, writes the client's result files (one row per query, one
-per collection decision) and prints a summary: as text, or with ``--json`` as one JSON object
-on stdout. Progress goes to stderr, a line per step (a live counter on a terminal).
+harness) in a data directory, runs the scenario (:mod:`simulator.scenario`), has Sakai's
+reviewer work its review queue over gRPC (a staff account created by the platform operator,
+``StaffService`` sign-in with the forced password change, ``ReviewService``: one held query
+approved, another declined), traces one person's journey, writes the client's result files
+(one row per query, one per collection decision) and prints a summary: as text, or with
+``--json`` as one JSON object on stdout. Progress goes to stderr, a line per step (a live
+counter on a terminal).
 
-Exit status: 0 when every query ended with an answer (``errors == 0``) and the review worked;
+Exit status: 0 when every query ended with an answer (``errors == 0``) and the review worked
+(the approved query PROVIDED, the declined one DECLINED at the requester);
 1 otherwise, after the summary; 2 for bad usage (e.g. a data directory that is not empty).
 
 Must never: print or write a personal value. Screens show counts, data item names, outcomes,
@@ -40,7 +44,7 @@ if TYPE_CHECKING:
     from simulator.population import Population
     from simulator.scenario import ScenarioResult
     from simulator.scenario_plan import PlannedQuery
-    from simulator.scenario_review import Denial, Journey, ReviewReport
+    from simulator.scenario_review import Decided, Denial, Journey, ReviewReport
     from simulator.world import World
 
 DEFAULT_RESIDENTS: Final = 1000
@@ -240,8 +244,9 @@ async def _main_job(
     timings: dict[str, float],
 ) -> tuple[dict[str, Any], bool]:
     from simulator.scenario import Scenario
+    from simulator.scenario_plan import SAKAI
     from simulator.scenario_review import (
-        PlatformReviewer,
+        ConsoleReviewer,
         explain_denial,
         review_held,
         trace_journey,
@@ -254,7 +259,9 @@ async def _main_job(
     review = None
     mark = time.perf_counter()
     try:
-        review = await review_held(scenario, PlatformReviewer(world))
+        reviewer = ConsoleReviewer(world, SAKAI)
+        await reviewer.enrol()
+        review = await review_held(scenario, reviewer)
     except Exception as error:  # the summary reports it; the run still ends cleanly
         review_error = _error_text(error)
     timings["review"] = time.perf_counter() - mark
@@ -268,6 +275,8 @@ async def _main_job(
     ok = summary["errors"] == 0 and not review_error
     if review is not None and review.status_after != "QUERY_STATUS_PROVIDED":
         ok = False
+    if review is not None and review.declined is not None:
+        ok = ok and review.declined.status_after == "QUERY_STATUS_DECLINED"
     return summary, ok
 
 
@@ -452,6 +461,26 @@ def _review_summary(review: ReviewReport | None, error: str) -> dict[str, Any] |
         "status_after": review.status_after,
         "items_after": list(review.items_after),
         "seconds": round(review.seconds, 2),
+        "service": "ReviewService",
+        "account": review.account,
+        "calls": list(review.calls),
+        "declined": None if review.declined is None else _decided_summary(review.declined),
+        "ledger": review.ledger,
+        "staff_records": dict(review.staff_records),
+        "staff_records_total": sum(review.staff_records.values()),
+    }
+
+
+def _decided_summary(decided: Decided) -> dict[str, Any]:
+    return {
+        "query": _query_dict(decided.query),
+        "permit_id": decided.permit_id,
+        "decision": decided.decision,
+        "reason": decided.reason,
+        "delivered": decided.delivered,
+        "status_before": "QUERY_STATUS_HELD_FOR_REVIEW",
+        "status_after": decided.status_after,
+        "items_after": list(decided.items_after),
     }
 
 
@@ -607,7 +636,23 @@ def _render_review(add: Callable[[str], None], review: dict[str, Any] | None) ->
         f"  the requester then saw {review['status_after'].removeprefix('QUERY_STATUS_')}"
         f" with {', '.join(review['items_after']) or 'no values'} ({review['seconds']:.1f}s)"
     )
+    declined = review.get("declined")
+    if declined:
+        d = declined["query"]
+        add(
+            f"  and declined permit {declined['permit_id'][:12]} ({d['requester']}: "
+            f"{d['data_item']}) with {declined['reason']}; the requester then saw "
+            f"{declined['status_after'].removeprefix('QUERY_STATUS_')}"
+        )
     add(f"  via: {review['via']}")
+    if review.get("calls"):
+        add(f"  staff console calls: {' → '.join(c.split('.')[-1] for c in review['calls'])}")
+    if review.get("ledger"):
+        by_event = ", ".join(f"{e} {n}" for e, n in review["staff_records"].items())
+        add(
+            f"  staff actions in ledger {review['ledger']}: {review['staff_records_total']} "
+            f"STAFF_*/REVIEW_* records ({by_event})"
+        )
 
 
 if __name__ == "__main__":

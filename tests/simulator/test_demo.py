@@ -31,7 +31,14 @@ def test_the_demo_runs_and_its_counts_add_up(
     )
     assert by_provider == summary["queries"]
     assert sum(summary["collection"].values()) == summary["insured"]
-    assert summary["review"]["status_after"] == "QUERY_STATUS_PROVIDED"
+    review = summary["review"]
+    assert review["status_after"] == "QUERY_STATUS_PROVIDED"
+    assert review["service"] == "ReviewService"
+    assert review["declined"]["status_after"] == "QUERY_STATUS_DECLINED"
+    assert review["calls"][1] == "StaffService.ChangePassword"
+    assert review["staff_records"]["REVIEW_APPROVED"] == 1
+    assert review["staff_records"]["REVIEW_DECLINED"] == 1
+    assert review["staff_records_total"] == sum(review["staff_records"].values())
     assert summary["denied_example"]["reason"] == "PROVIDER_NOT_ALLOWED"
     assert {r["place"] for r in summary["journey"]["records"]} == {
         "requester",

@@ -47,9 +47,9 @@ from simulator.scenario_plan import (
     with_showcase,
 )
 from simulator.scenario_review import (
+    ConsoleReviewer,
     Denial,
     Journey,
-    PlatformReviewer,
     ReviewReport,
     explain_denial,
     review_held,
@@ -175,7 +175,9 @@ async def _run(root: Path) -> Run:
     try:
         scenario = Scenario(world, POPULATION, on=ON, concurrency=8)
         result = await scenario.run()
-        review = await review_held(scenario, PlatformReviewer(world))
+        reviewer = ConsoleReviewer(world, "sakai")
+        await reviewer.enrol()
+        review = await review_held(scenario, reviewer)
         journey = await trace_journey(scenario, A)
         return Run(result, review, journey, explain_denial(scenario))
     finally:
@@ -358,7 +360,7 @@ def test_the_counts_add_up(run: Run) -> None:
 
 def test_the_review_releases_one_held_answer_to_the_requester(run: Run) -> None:
     # Sakai holds two provisions for D (resident record and tax, asked by the association);
-    # the demo reviews one Sakai holds, and the association then reads it as PROVIDED.
+    # Sakai's reviewer approves one over ReviewService, and the association reads it PROVIDED.
     review = run.review
     assert review is not None
     assert (review.query.provider, review.query.person_id) == ("sakai", D)
@@ -366,6 +368,46 @@ def test_the_review_releases_one_held_answer_to_the_requester(run: Run) -> None:
     assert review.delivered
     assert review.status_after == "QUERY_STATUS_PROVIDED"
     assert review.items_after == (review.query.data_item,)
+
+
+def test_the_other_held_provision_is_declined_and_the_requester_sees_declined(run: Run) -> None:
+    review = run.review
+    assert review is not None
+    assert review.declined is not None
+    declined = review.declined
+    assert (declined.query.provider, declined.query.person_id) == ("sakai", D)
+    assert declined.permit_id != review.permit_id
+    assert declined.decision == "declined"
+    assert declined.delivered
+    assert declined.status_after == "QUERY_STATUS_DECLINED"
+    assert declined.items_after == ()
+    # The held query outcomes the two reviews settled cover both of Sakai's held items.
+    assert {review.query.data_item, declined.query.data_item} == {RESIDENT_RECORD, LOCAL_TAX}
+
+
+def test_the_review_goes_through_the_staff_console_and_is_in_sakais_ledger(run: Run) -> None:
+    review = run.review
+    assert review is not None
+    assert review.account == "organizations/sakai/staff/sato.h"
+    assert "ReviewService" in review.via
+    # A new account must change its initial password before anything else.
+    assert review.calls == (
+        "StaffService.SignIn",
+        "StaffService.ChangePassword",
+        "StaffService.SignIn",
+        "ReviewService.ListHeldProvisions",
+        "ReviewService.ApproveHeldProvision",
+        "ReviewService.DeclineHeldProvision",
+        "StaffService.SignOut",
+    )
+    assert review.ledger == "server:sakai"
+    records = review.staff_records
+    assert records.get("STAFF_SIGNED_IN") == 2
+    assert records.get("STAFF_SIGNED_OUT") == 1
+    assert records.get("REVIEW_APPROVED") == 1
+    assert records.get("REVIEW_DECLINED") == 1
+    # ChangePassword, List, Approve and Decline are each an operation of the reviewer.
+    assert records.get("STAFF_OPERATION", 0) >= 4
 
 
 def test_the_journey_shows_codes_queries_and_records_at_three_places(run: Run) -> None:
