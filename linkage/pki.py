@@ -3,8 +3,11 @@
 Owns the PKI directory: ``ca.key``/``ca.pem`` (the local CA, 10 years) and, per identity,
 ``<identity>.key``/``<identity>.pem`` (a leaf, 1 year, EC P-256, usable as TLS client and
 server). An identity names who a process is: it is the certificate's Common Name and a SAN URI
-``urn:linkage:<identity>``; every leaf also carries SAN DNS ``localhost`` and IP ``127.0.0.1``
-so servers are reached at 127.0.0.1 with no name override. Identity grammar
+``urn:linkage:<identity>`` and SAN DNS ``<identity>.linkage.internal`` (``server_name``), which a
+client that names the server it means to reach checks (``linkage.rpc.Security.channel(...,
+server=...)``), so another identity's certificate of the same CA does not pass for it. Every
+leaf also carries SAN DNS ``localhost`` and IP ``127.0.0.1`` so servers are reached at 127.0.0.1
+with no name override by clients that name no server. Identity grammar
 (``validate_identity``)::
 
     network | registry | admin | conformance | platform.<name> | org.<code> | ua.<code>
@@ -15,6 +18,7 @@ Public API::
     validate_identity(identity: str) -> str                      # ValueError if invalid
     init_pki(directory: Path, identities: Iterable[str] = ()) -> None
     ensure_identity(directory: Path, identity: str) -> None
+    server_name(identity: str) -> str                            # "<identity>.linkage.internal"
     server_credentials(directory: Path, identity: str) -> grpc.ServerCredentials
     channel_credentials(directory: Path, identity: str) -> grpc.ChannelCredentials
     peer_identity(context) -> str | None
@@ -61,6 +65,7 @@ __all__ = [
     "main",
     "peer_identity",
     "server_credentials",
+    "server_name",
     "validate_identity",
 ]
 
@@ -71,6 +76,8 @@ RENEW_BEFORE = timedelta(days=14)
 # Backdate notBefore a little so a peer whose clock lags slightly still accepts a fresh cert.
 CLOCK_SKEW = timedelta(minutes=5)
 ORGANIZATION = "linkage simulation"
+# Every leaf's identity DNS name ends so; identities are dot-joined valid DNS labels.
+SERVER_NAME_SUFFIX = ".linkage.internal"
 CA_NAME = "linkage local CA"
 
 _PART = r"[a-z0-9][a-z0-9-]{0,31}"
@@ -86,6 +93,11 @@ def validate_identity(identity: str) -> str:
     if not isinstance(identity, str) or not _IDENTITY_RE.fullmatch(identity):
         raise ValueError(f"invalid identity {identity!r}")
     return identity
+
+
+def server_name(identity: str) -> str:
+    """The DNS name in ``identity``'s certificate that binds a TLS peer to that identity."""
+    return f"{validate_identity(identity)}{SERVER_NAME_SUFFIX}"
 
 
 # --- issuing --------------------------------------------------------------------------------
@@ -184,6 +196,7 @@ def _issue_leaf(
             x509.SubjectAlternativeName(
                 [
                     x509.UniformResourceIdentifier(f"urn:linkage:{identity}"),
+                    x509.DNSName(server_name(identity)),
                     x509.DNSName("localhost"),
                     x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
                 ]
@@ -203,7 +216,8 @@ def _issue_leaf(
 
 
 def _leaf_is_current(directory: Path, identity: str, ca_cert: x509.Certificate) -> bool:
-    """A leaf is kept if its pair is complete, signed by this CA, matching and not expiring."""
+    """A leaf is kept if its pair is complete, signed by this CA, matching, not expiring and
+    names its identity's DNS name (leaves issued before that name existed are reissued)."""
     cert_path, key_path = directory / f"{identity}.pem", directory / f"{identity}.key"
     if not (cert_path.exists() and key_path.exists()):
         return False
@@ -218,7 +232,19 @@ def _leaf_is_current(directory: Path, identity: str, ca_cert: x509.Certificate) 
     ) == key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return same_key and cert.not_valid_after_utc - datetime.now(UTC) > RENEW_BEFORE
+    return (
+        same_key
+        and cert.not_valid_after_utc - datetime.now(UTC) > RENEW_BEFORE
+        and _names_identity(cert, identity)
+    )
+
+
+def _names_identity(cert: x509.Certificate, identity: str) -> bool:
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    return server_name(identity) in names.get_values_for_type(x509.DNSName)
 
 
 def _load_or_create_ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
@@ -248,7 +274,8 @@ def init_pki(directory: Path, identities: Iterable[str] = ()) -> None:
     """Create the CA if missing, then a certificate for each identity not yet present.
 
     Idempotent: a second call with the same identities changes no file. A leaf that is missing
-    half its pair, was issued by another CA, or expires within ``RENEW_BEFORE`` is reissued.
+    half its pair, was issued by another CA, expires within ``RENEW_BEFORE`` or lacks its
+    identity's DNS name (issued by an older version) is reissued.
     """
     wanted = [validate_identity(identity) for identity in identities]  # validate all first
     _ensure(directory, wanted)

@@ -350,6 +350,7 @@ async def _start_unified_address(
             server_address=server_address,
             registry_address=registry_address,
             business_systems=[s.scope() for s in org.systems],
+            server_identity=f"platform.{org.platform}",
         )
     )
 

@@ -64,6 +64,7 @@ class Config:
     migrate: bool = True
     code_request_concurrency: int = 16
     upstream_timeout: float = 30.0
+    server_identity: str = ""  # e.g. "platform.municipal": its certificate must name it
 
     def __post_init__(self) -> None:
         if self.security.identity != f"ua.{self.organization}":
@@ -134,8 +135,10 @@ async def start(config: Config) -> App:
     if config.migrate:
         await asyncio.to_thread(migrate, config.database_url)
     engine = make_engine(config.database_url)
-    server_channel = config.security.channel(config.server_address)
-    registry_channel = config.security.channel(config.registry_address)
+    server_channel = config.security.channel(
+        config.server_address, server=config.server_identity or None
+    )
+    registry_channel = config.security.channel(config.registry_address, server="registry")
     runtime = Runtime(
         organization=config.organization,
         sessions=session_factory(engine),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ ITEM_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 CAPACITY_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 ENDPOINT_RE = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})")
+MAX_ENDPOINT_CHARS = 300  # the directory's column
 LGC_RE = re.compile(r"(?:[0-9]{5,6})?")
 KEY_ID_RE = re.compile(r"[0-9a-f]{16}")
 _TOKEN_PREFIX = "v1:"  # noqa: S105 (a page token version, not a secret)
@@ -155,9 +157,32 @@ def registration(request: network_pb2.RegisterOrganizationRequest, now: datetime
 
 
 def _endpoint(value: str, path: str, problems: Violations) -> None:
+    """``host:port``, or the replicas of one platform as ``ip:port,ip:port,...`` (the network
+    balances them round robin, ``linkage.rpc.channel_target``): IP addresses of one family."""
+    parts = value.split(",")
+    if len(value) > MAX_ENDPOINT_CHARS:
+        problems.add(path, f"must be at most {MAX_ENDPOINT_CHARS} characters")
+    elif len(parts) == 1:
+        if not _host_port(value):
+            problems.add(path, "must be host:port")
+    elif not all(_host_port(part) for part in parts):
+        problems.add(path, "must be host:port or a comma-separated list of ip:port")
+    elif len({_ip_version(part) for part in parts}) != 1 or _ip_version(parts[0]) == 0:
+        problems.add(path, "a list of replicas must name IP addresses of one family")
+
+
+def _host_port(value: str) -> bool:
     match = ENDPOINT_RE.fullmatch(value)
-    if match is None or not 0 < int(match.group(1)) < 65536:
-        problems.add(path, "must be host:port")
+    return match is not None and 0 < int(match.group(1)) < 65536
+
+
+def _ip_version(host_port: str) -> int:
+    """4 or 6 for ``ip:port``, 0 if the host is a name."""
+    host = host_port.rpartition(":")[0].removeprefix("[").removesuffix("]")
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return 0
 
 
 def page(request: network_pb2.ListOrganizationsRequest) -> tuple[str, int]:

@@ -5,6 +5,20 @@ and closed on shutdown) and the translation of call failures into ``RouteError``
 or too slow is ``PROVIDER_UNAVAILABLE`` (the requester sees a per-query FAILED, never a hang),
 anything the platform refused carries the platform's own reason.
 
+An endpoint may be a comma-separated list of ``ip:port`` (the replicas of one platform,
+checked by ``parse``): ``Security.channel`` opens it as one ``ipv4:``/``ipv6:`` target balanced
+round robin, so each call goes to the next replica that is up.
+
+The channels name no server identity (any certificate of the CA is accepted): the directory
+knows an organization's endpoint, not which ``platform.<name>`` serves it. That hop is still
+safe against a server that holds another identity's certificate at the endpoint's address: the
+provider's answers are verified against the provider's own signing keys from the directory
+(``routing.check_answer_signature``), so it cannot forge or alter an answer, only withhold it
+(the query FAILs); and the permits it would receive are the network's, signed by the network's
+key, single use and short lived, naming a provider's linkage code and never an individual
+number, so it cannot mint or widen one. (Binding it would need the platform identity in the
+directory entry.)
+
 Must never: call without a deadline, or keep a channel after ``close``.
 """
 
@@ -45,6 +59,7 @@ class GrpcTransport:
             async with self._lock:
                 channel = self._channels.get(endpoint)
                 if channel is None:
+                    # Unbound on purpose (``server=None``): see the module docstring.
                     channel = self._security.channel(endpoint)
                     self._channels[endpoint] = channel
         return inbound_pb2_grpc.InboundServiceStub(channel)

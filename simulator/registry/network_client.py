@@ -34,7 +34,7 @@ class NetworkClient:
     """RegisterProcessingSerial with a deadline; implements ``residents.NetworkPort``."""
 
     def __init__(self, security: Security, endpoint: str, *, deadline: float) -> None:
-        self._channel = security.channel(endpoint)
+        self._channel = security.channel(endpoint, server="network")
         self._stub: network_pb2_grpc.NetworkServiceAsyncStub = network_pb2_grpc.NetworkServiceStub(
             self._channel
         )

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from network_support import Net, Stub, remote
 
 from linkage.errors import LinkageError
+from linkage.rpc import channel_target
 from linkage.v1 import common_pb2, network_pb2
 from simulator.network import parse
 
@@ -206,3 +207,76 @@ def test_parsing_any_registration_either_succeeds_or_raises_a_domain_error(
         assert outcome.violations
     else:
         assert outcome.code == code
+
+
+def _registration(endpoint: str) -> network_pb2.RegisterOrganizationRequest:
+    return network_pb2.RegisterOrganizationRequest(
+        organization=network_pb2.Organization(
+            code="sakai",
+            display_name="堺市",
+            capacities=["municipality"],
+            endpoint=endpoint,
+            signing_keys=[common_pb2.PublicKey(key_id="0123456789abcdef", key=b"\x01" * 32)],
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "127.0.0.1:50052",
+        "platform-municipal:50052",
+        "[::1]:50052",
+        "127.0.0.1:50052,127.0.0.1:50053",  # the replicas of one platform
+        "10.0.0.1:50052,10.0.0.2:50052,10.0.0.3:50052",
+        "[::1]:50052,[::1]:50053",
+    ],
+)
+def test_an_endpoint_may_be_one_address_or_a_list_of_replicas(endpoint: str) -> None:
+    entry = parse.registration(_registration(endpoint), datetime.now(UTC))
+    assert entry.endpoint == endpoint
+    # Whatever the directory accepts, the network's transport can open.
+    target, options = channel_target(endpoint)
+    if "," in endpoint:
+        assert target == ("ipv6:" if "[" in endpoint else "ipv4:") + endpoint
+        assert ("grpc.lb_policy_name", "round_robin") in options
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "",
+        "nowhere",
+        "127.0.0.1:0",
+        "127.0.0.1:50052,",  # an empty replica
+        "127.0.0.1:50052, 127.0.0.1:50053",  # a space
+        "a.example:50052,b.example:50052",  # a list must name IP addresses
+        "127.0.0.1:50052,[::1]:50053",  # of one family
+        "127.0.0.1:50052,127.0.0.1:70000",
+        ",".join(["127.0.0.1:50052"] * 20),  # longer than the directory keeps
+    ],
+)
+def test_a_bad_endpoint_is_refused(endpoint: str) -> None:
+    with pytest.raises(LinkageError) as caught:
+        parse.registration(_registration(endpoint), datetime.now(UTC))
+    assert [v.field for v in caught.value.violations] == ["organization.endpoint"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    parts=st.lists(
+        st.one_of(
+            st.from_regex(r"127\.0\.0\.[0-9]{1,3}:[0-9]{1,5}", fullmatch=True),
+            st.from_regex(r"\[::[0-9]\]:[0-9]{1,5}", fullmatch=True),
+            st.from_regex(r"[a-z][a-z0-9.-]{0,8}:[0-9]{1,5}", fullmatch=True),
+            st.text(max_size=12),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_every_endpoint_the_directory_accepts_opens_as_a_channel_target(parts: list[str]) -> None:
+    endpoint = ",".join(parts)
+    outcome = _attempt(lambda: parse.registration(_registration(endpoint), datetime.now(UTC)))
+    if not isinstance(outcome, LinkageError):
+        channel_target(endpoint)  # never ValueError

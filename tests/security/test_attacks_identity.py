@@ -31,6 +31,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import linkage.v1
 from linkage import crypto, pki
+from linkage.errors import Unavailable
 from linkage.keys import read_private_file
 from linkage.rpc import Security
 from linkage.v1 import (
@@ -349,10 +350,6 @@ async def test_a_unified_address_server_cannot_act_for_another_tenant(
     assert _platform_state(arena) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server/service_intermediate.py: a TENANT_MISMATCH refusal writes no access record",
-)
 async def test_the_platform_records_a_unified_address_server_acting_for_another_tenant(
     arena: AttackWorld,
 ) -> None:
@@ -461,11 +458,6 @@ async def test_a_unified_address_server_cannot_ask_the_registry_for_another_orga
 # --- a server with another identity's certificate ---------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="linkage/pki.py + linkage/rpc.py: a client checks only that the server's certificate "
-    "comes from the CA, not that it is the identity it meant to reach",
-)
 async def test_a_platform_refuses_a_network_impostor_with_another_identitys_certificate(
     arena: AttackWorld,
 ) -> None:
@@ -475,11 +467,42 @@ async def test_a_platform_refuses_a_network_impostor_with_another_identitys_cert
     ).start()
     client = GrpcNetwork(arena.pki_dir, impostor.address, ["sakai"], timeout=5)
     try:
-        error = await refused(client.network_keys())
+        # The client names the network: ua.sakai's certificate fails the handshake, which the
+        # platform's network client reports as NETWORK_UNAVAILABLE.
+        with pytest.raises(Unavailable) as caught:
+            await client.network_keys()
     finally:
         await client.close()
         await impostor.close()
-    assert error.code == "UNAVAILABLE"
+    assert caught.value.reason == "NETWORK_UNAVAILABLE"
+    assert impostor.exchanges == []  # no call reached the impostor
+
+
+async def test_a_client_naming_the_network_refuses_a_server_with_a_ua_certificate(
+    arena: AttackWorld,
+) -> None:
+    # The unified address server of sakai presents ua.sakai's certificate: the handshake fails.
+    ua = arena.world.unified_address["sakai"].address
+    security = Security(arena.pki_dir, "org.sakai")
+    async with security.channel(ua, server="network") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    # Naming the identity it does hold, and the real network by name, both work.
+    for address, name in ((ua, "ua.sakai"), (arena.network.address, "network")):
+        async with security.channel(address, server=name) as channel:
+            response = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+    # And the platform's own client, which names the network, still reaches it.
+    client = GrpcNetwork(arena.pki_dir, arena.network.address, ["sakai"], timeout=5)
+    try:
+        assert (await client.network_keys()).permit_keys
+    finally:
+        await client.close()
 
 
 # --- malformed and oversized requests ----------------------------------------------------------

@@ -167,11 +167,6 @@ async def test_a_permit_that_expires_on_its_way_to_the_provider_is_refused_and_u
 
 
 @pytest.mark.timeout(20)
-@pytest.mark.xfail(
-    strict=True,
-    reason="server/directory.py Directory.keys: an unknown key id within min_refresh of the last "
-    "fetch returns the cached keys, so the first answers signed with a just-rotated key fail",
-)
 async def test_the_first_answer_signed_with_a_providers_just_rotated_key_verifies(
     arena: AttackWorld, person: Person
 ) -> None:

@@ -18,11 +18,13 @@ import grpc
 import grpc.aio
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from linkage import pki
+from linkage.rpc import TLS_SERVER_NAME_ENV, Security
 
 SERVER = "network"
 CLIENT = "org.city-13101"
@@ -119,6 +121,48 @@ async def test_client_refuses_server_from_another_ca(server: Server, tmp_path: P
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await _check(server.target, pki.channel_credentials(other, CLIENT))
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def _check_via(security: Security, target: str, server_identity: str | None) -> Any:
+    async with security.channel(target, server=server_identity) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return await stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+async def test_a_client_naming_the_server_reaches_it(
+    server: Server, pki_dir: Path, replicas: int
+) -> None:
+    target = ",".join([server.target] * replicas)  # a replica list too
+    response = await _check_via(Security(pki_dir, CLIENT), target, SERVER)
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize("tls_server_name", ["", "localhost"])
+@pytest.mark.parametrize("replicas", [1, 2])
+async def test_a_client_naming_another_identity_refuses_the_server(
+    server: Server,
+    pki_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tls_server_name: str,
+    replicas: int,
+) -> None:
+    # The server's certificate is the CA's, but it is SERVER's, not the one the client named;
+    # neither a deployment's name override nor a replica list's first host may loosen that.
+    monkeypatch.setenv(TLS_SERVER_NAME_ENV, tls_server_name)
+    target = ",".join([server.target] * replicas)
+    pki.ensure_identity(pki_dir, "registry")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _check_via(Security(pki_dir, CLIENT), target, "registry")
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert server.servicer.peers == []
+
+
+async def test_a_client_naming_no_server_accepts_any_certificate_of_the_ca(
+    server: Server, pki_dir: Path
+) -> None:
+    response = await _check_via(Security(pki_dir, CLIENT), server.target, None)
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
 async def test_peer_identity_is_none_on_insecure_channel() -> None:
@@ -270,6 +314,41 @@ def test_leaf_from_a_replaced_ca_is_reissued(pki_dir: Path) -> None:
     leaf.verify_directly_issued_by(ca)
 
 
+def test_leaf_without_its_identity_name_is_reissued(pki_dir: Path) -> None:
+    """A world made before leaves named their identity gets new leaves on its next start."""
+    ca_key, ca_cert = pki._load_or_create_ca(pki_dir)
+    old = x509.load_pem_x509_certificate((pki_dir / f"{CLIENT}.pem").read_bytes())
+    names = [
+        n
+        for n in old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        if not (isinstance(n, x509.DNSName) and n.value.endswith(".linkage.internal"))
+    ]
+    builder = x509.CertificateBuilder(
+        old.subject,
+        old.issuer,
+        old.public_key(),
+        old.serial_number,
+        old.not_valid_before_utc,
+        old.not_valid_after_utc,
+    )
+    for ext in old.extensions:
+        if isinstance(ext.value, x509.SubjectAlternativeName):
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), ext.critical)
+        else:
+            builder = builder.add_extension(ext.value, ext.critical)
+    legacy = builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    (pki_dir / f"{CLIENT}.pem").write_bytes(legacy)
+    assert not pki._leaf_is_current(pki_dir, CLIENT, ca_cert)
+
+    pki.init_pki(pki_dir, [SERVER, CLIENT])
+
+    assert (pki_dir / f"{CLIENT}.pem").read_bytes() != legacy
+    leaf = x509.load_pem_x509_certificate((pki_dir / f"{CLIENT}.pem").read_bytes())
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert pki.server_name(CLIENT) in san.get_values_for_type(x509.DNSName)
+    assert pki._leaf_is_current(pki_dir, CLIENT, ca_cert)
+
+
 def test_leaf_certificate_contents(pki_dir: Path) -> None:
     leaf = x509.load_pem_x509_certificate((pki_dir / f"{CLIENT}.pem").read_bytes())
     ca = x509.load_pem_x509_certificate((pki_dir / "ca.pem").read_bytes())
@@ -279,7 +358,7 @@ def test_leaf_certificate_contents(pki_dir: Path) -> None:
     assert cn == CLIENT
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == [f"urn:linkage:{CLIENT}"]
-    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert san.get_values_for_type(x509.DNSName) == [f"{CLIENT}.linkage.internal", "localhost"]
     assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
 
     assert leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
