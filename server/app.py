@@ -260,6 +260,8 @@ async def start(config: Config) -> App:
         duplicates=DuplicateStore(sessions, recorder, clock),
         requester=requester,
         sessions=sessions,
+        recorder=recorder,
+        clock=clock,
     )
     provider = Provider(sessions, tenants, directory, permissions, recorder, clock)
     review = Review(sessions, tenants, network, recorder, clock)

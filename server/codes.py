@@ -18,7 +18,6 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from linkage.db import unit_of_work
 from linkage.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from linkage.records.model import ActorKind, Outcome, RecordEvent
 from server import repository as repo
@@ -70,14 +69,14 @@ class CodeManager:
         return await asyncio.to_thread(self._store, tenant.code, unified_number, code, actor)
 
     def _stored_at(self, tenant: str, unified_number: str) -> datetime | None:
-        with unit_of_work(self._sessions) as session:
+        with repo.tenant_unit_of_work(self._sessions, tenant) as session:
             row = repo.code_of(session, tenant, unified_number)
             return None if row is None else row.acquired_at
 
     def _store(self, tenant: str, unified_number: str, code: str, actor: str) -> datetime:
         now = self._clock()
         try:
-            with unit_of_work(self._sessions) as session:
+            with repo.tenant_unit_of_work(self._sessions, tenant) as session:
                 repo.add_code(session, tenant, unified_number, code, now)
                 self._recorder.append(
                     session,
@@ -96,7 +95,7 @@ class CodeManager:
             return now
         except IntegrityError:
             pass  # a concurrent acquire, or the code is bound to another person: look
-        with unit_of_work(self._sessions) as session:
+        with repo.tenant_unit_of_work(self._sessions, tenant) as session:
             row = repo.code_of(session, tenant, unified_number)
             if row is not None and row.linkage_code == code:
                 return row.acquired_at

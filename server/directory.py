@@ -3,7 +3,8 @@
 Owns the verification of envelopes signed by the network (permit batches) and by other
 organizations (requester keys, answer batches) with keys read from the network and cached,
 refreshed when an envelope names a key id the cache does not know (rotation) or the cache is
-older than its time to live. Concurrent misses for one owner share one fetch.
+older than its time to live. Concurrent misses for one owner share one fetch; a miss within
+``min_refresh`` of the last fetch waits out the rest of that interval before fetching.
 
 Must never: accept a key whose ``not_after`` has passed, trust a key that did not come from the
 network, or fetch per envelope (that would be one round trip per query).
@@ -12,7 +13,8 @@ network, or fetch per envelope (that would be one round trip per query).
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from linkage.crypto import open_envelope
@@ -28,6 +30,9 @@ class _Entry:
     keys: dict[str, bytes]
     fetched_at: float
     extra: str = ""
+    # Real (monotonic) time of the fetch, for the refetch rate limit: the injected clock may be
+    # frozen or moved in tests, and waiting out the limit must end.
+    fetched_mono: float = field(default_factory=time.monotonic)
 
 
 class Directory:
@@ -85,12 +90,13 @@ class Directory:
             if self._fresh(entry, wanted_key_id):
                 assert entry is not None
                 return entry.keys
-            if (
-                entry is not None
-                and self._now() - entry.fetched_at < self._min_refresh
-                and self._now() - entry.fetched_at < self._ttl
-            ):
-                return entry.keys  # an unknown key id must not turn into a fetch storm
+            if entry is not None:
+                # An unknown key id (a just-rotated key) must not turn into a fetch storm, nor be
+                # answered from the stale cache: wait out the rest of the refresh interval (under
+                # the lock, so concurrent misses share the one fetch after it), then fetch.
+                wait = self._min_refresh - (time.monotonic() - entry.fetched_mono)
+                if wait > 0:
+                    await asyncio.sleep(wait)
             entry = await self._fetch(owner)
             self._entries[owner] = entry
             return entry.keys

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from linkage.db import unit_of_work
 from linkage.errors import FieldViolation, InvalidArgument
 from linkage.records.disclosure import StoredRecord, disclose
 from server import repository as repo
@@ -29,7 +28,7 @@ def disclose_person(
             problem,
             violations=(FieldViolation("unified_number", problem),),
         )
-    with unit_of_work(sessions) as session:
+    with repo.tenant_unit_of_work(sessions, tenant) as session:
         subjects = {unified_number}
         code = repo.code_of(session, tenant, unified_number)
         if code is not None:

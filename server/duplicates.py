@@ -26,7 +26,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from linkage.atrest import DataKey
-from linkage.db import unit_of_work
 from linkage.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted
 from linkage.records.model import ActorKind, Outcome, RecordEvent
 from linkage.v1 import common_pb2, intermediate_server_pb2
@@ -222,13 +221,13 @@ class DuplicateStore:
         """
         for attempt in range(3):
             try:
-                with unit_of_work(self._sessions) as session:
+                with repo.tenant_unit_of_work(self._sessions, tenant.code) as session:
                     done = repo.find_import(session, tenant.code, import_id)
                     if done is not None:
                         return ImportResult(done.imported, done.superseded, already_imported=True)
                     return self._store(session, tenant, import_id, business_system, rows)
             except IntegrityError:
-                with unit_of_work(self._sessions) as session:
+                with repo.tenant_unit_of_work(self._sessions, tenant.code) as session:
                     done = repo.find_import(session, tenant.code, import_id)
                 if done is not None:
                     return ImportResult(done.imported, done.superseded, already_imported=True)
@@ -321,7 +320,7 @@ class DuplicateStore:
             )
         after = 0
         while True:
-            with unit_of_work(self._sessions) as session:
+            with repo.tenant_unit_of_work(self._sessions, tenant.code) as session:
                 rows = repo.duplicates_page(
                     session,
                     tenant.code,
@@ -342,7 +341,7 @@ class DuplicateStore:
         self, tenant: Tenant, unified_number: str, data_item: str, disabled: bool
     ) -> int:
         """Set or clear flags of a person (one item, or all the person's items when empty)."""
-        with unit_of_work(self._sessions) as session:
+        with repo.tenant_unit_of_work(self._sessions, tenant.code) as session:
             if not repo.person_known(session, tenant.code, unified_number):
                 raise NotFound("PERSON_NOT_FOUND", "no such person in this organization")
             if not disabled:

@@ -26,7 +26,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from linkage import crypto
-from linkage.db import unit_of_work
 from linkage.errors import InvalidArgument, ResourceExhausted
 from linkage.logs import get_logger
 from linkage.records.model import AccessRecord, ActorKind
@@ -210,7 +209,7 @@ class Provider:
         for attempt in (1, 2):
             verdicts = [replace(v, values=list(v.values)) for v in prechecked]
             try:
-                with unit_of_work(self._sessions) as session:
+                with repo.tenant_unit_of_work(self._sessions, tenant.code) as session:
                     self._decide(session, tenant, key, verdicts, now)
                 return verdicts
             except IntegrityError:

@@ -29,7 +29,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from linkage.crypto import BatchOpener
-from linkage.db import unit_of_work
 from linkage.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -497,7 +496,7 @@ class Requester:
         """Insert new queries (one transaction) and sort every spec: answer now, send, wait."""
         admission = _Admission()
         now = self._clock()
-        with unit_of_work(self._sessions) as session:
+        with repo.tenant_unit_of_work(self._sessions, tenant) as session:
             existing = repo.queries_by_id(session, tenant, (s.query_id for s in specs))
             codes = repo.codes_by_unified_number(session, tenant, (s.unified_number for s in specs))
             inserts: list[tuple[object, ...]] = []
@@ -623,7 +622,7 @@ class Requester:
                 self._sending.discard((tenant, qid))
 
     def _mark_unsent(self, tenant: str, query_ids: list[str], reason: str) -> None:
-        with unit_of_work(self._sessions) as session:
+        with repo.tenant_unit_of_work(self._sessions, tenant) as session:
             repo.mark_dispatch_failed(session, tenant, query_ids, reason, self._clock())
 
     async def _verify(
@@ -718,7 +717,7 @@ class Requester:
                     sealed,
                 )
             )
-        with unit_of_work(self._sessions) as session:
+        with repo.tenant_unit_of_work(self._sessions, tenant) as session:
             changed = repo.store_results(session, tenant, rows, now, expires)
             if changed == len(rows):
                 self._recorder.append(
@@ -749,7 +748,7 @@ class Requester:
     def _settle_race(
         self, tenant: str, specs: dict[str, Spec], results: Sequence[_Result], now: datetime
     ) -> list[Outcome]:
-        with unit_of_work(self._sessions) as session:
+        with repo.tenant_unit_of_work(self._sessions, tenant) as session:
             stored = repo.queries_by_id(session, tenant, (r.query_id for r in results))
             records = [
                 self._record(tenant, specs[r.query_id], r, now)
@@ -785,12 +784,12 @@ class Requester:
     # --- reading -------------------------------------------------------------------------------
 
     def _rows(self, tenant: str, query_ids: Iterable[str]) -> dict[str, QueryRow]:
-        with unit_of_work(self._sessions) as session:
+        with repo.tenant_unit_of_work(self._sessions, tenant) as session:
             return repo.queries_by_id(session, tenant, query_ids)
 
     def _read_outcome(self, tenant: str, query_id: str) -> Outcome | None:
         now = self._clock()
-        with unit_of_work(self._sessions) as session:
+        with repo.tenant_unit_of_work(self._sessions, tenant) as session:
             row = session.get(QueryRow, (tenant, query_id))
         if row is None or row.expires_at <= now:
             return None  # past retention it is gone, whether or not the purge has run

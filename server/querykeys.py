@@ -21,7 +21,6 @@ from nacl.public import PrivateKey
 from sqlalchemy.orm import Session, sessionmaker
 
 from linkage.crypto import key_id
-from linkage.db import unit_of_work
 from linkage.v1 import common_pb2, payloads_pb2
 from server import repository as repo
 from server.models import QueryKeyRow
@@ -78,7 +77,7 @@ class QueryKeys:
         cached = self._current.get(tenant)
         if cached is not None and cached.use_until > now:
             return cached
-        with unit_of_work(self._sessions) as session:
+        with repo.tenant_unit_of_work(self._sessions, tenant) as session:
             row = repo.usable_query_key(session, tenant, now)
             if row is None:
                 row = self._create(session, self._tenants.get(tenant), now)
@@ -106,7 +105,7 @@ class QueryKeys:
         now = self._clock()
         key = self._by_id.get((tenant, kid))
         if key is None:
-            with unit_of_work(self._sessions) as session:
+            with repo.tenant_unit_of_work(self._sessions, tenant) as session:
                 row = repo.query_key(session, tenant, kid)
                 if row is None:
                     return None

@@ -4,6 +4,13 @@ Owns the queries and bulk writes on the ``server_*`` tables. Every function take
 (the caller's unit of work) and the tenant it acts for; large key sets are looked up in chunks
 (``IN`` lists of at most ``CHUNK``) and written with one executemany, never row by row.
 
+On PostgreSQL the tables also enforce this with row-level security (migration 0004): a unit of
+work that touches them is opened with ``tenant_unit_of_work`` (binds the transaction to one
+tenant with ``set_config('linkage.tenant', t, true)``, i.e. ``SET LOCAL``) or, for the platform's
+own jobs across tenants (purge), ``platform_unit_of_work`` (binds it to ``*``). The policy holds
+only if the platform connects as a non-superuser role without BYPASSRLS: superusers always
+bypass row-level security.
+
 Must never: read or write a row of a tenant other than the one passed in, commit (the caller's
 unit of work does), or decrypt anything (rows hold at-rest tokens; the domain opens them).
 """
@@ -11,6 +18,7 @@ unit of work does), or decrypt anything (rows hold at-rest tokens; the domain op
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date, datetime
 from typing import Any, TypeVar
 
@@ -24,10 +32,12 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from linkage.db import unit_of_work
 from server.models import (
     AutoResponseFlagRow,
     DuplicateRow,
@@ -50,6 +60,36 @@ QUERY_KEYS: Table = QueryKeyRow.__table__  # type: ignore[assignment]
 QUERIES: Table = QueryRow.__table__  # type: ignore[assignment]
 NONCES: Table = PermitNonceRow.__table__  # type: ignore[assignment]
 HELD: Table = HeldProvisionRow.__table__  # type: ignore[assignment]
+
+
+ALL_TENANTS = "*"  # the row-level security setting of the platform's maintenance path
+_BIND = text("SELECT set_config('linkage.tenant', :t, true)")
+
+
+def bind_tenant(session: Session, tenant: str) -> None:
+    """Bind the session's current transaction to ``tenant`` for row-level security (PostgreSQL;
+    a no-op elsewhere). Transaction-local: it ends with the commit or rollback."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_BIND, {"t": tenant})
+
+
+@contextmanager
+def tenant_unit_of_work(factory: sessionmaker[Session], tenant: str) -> Iterator[Session]:
+    """``linkage.db.unit_of_work`` whose transaction sees and writes only ``tenant``'s rows."""
+    if not tenant or tenant == ALL_TENANTS:
+        raise ValueError("a tenant unit of work needs one tenant's code")
+    with unit_of_work(factory) as session:
+        bind_tenant(session, tenant)
+        yield session
+
+
+@contextmanager
+def platform_unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A unit of work across every tenant: only for the platform's own jobs (purge, platform
+    statistics), never for a request made on behalf of a tenant."""
+    with unit_of_work(factory) as session:
+        bind_tenant(session, ALL_TENANTS)
+        yield session
 
 
 def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:

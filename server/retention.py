@@ -13,13 +13,13 @@ delete a held provision still waiting for a decision, or import grpc.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from linkage.db import unit_of_work
 from server import repository as repo
 from server.querykeys import QueryKeys
 
@@ -53,10 +53,16 @@ class Retention:
         self._duplicate_retention = duplicate_retention
         self._staff = staff
 
+    def _unit_of_work(self, tenant: str | None) -> AbstractContextManager[Session]:
+        """One tenant's transaction, or the platform's own across tenants (row-level security)."""
+        if tenant is None:
+            return repo.platform_unit_of_work(self._sessions)
+        return repo.tenant_unit_of_work(self._sessions, tenant)
+
     def purge_expired(self, now: datetime, tenant: str | None = None) -> PurgeReport:
         """Delete everything expired at ``now`` (blocking: run it in a thread)."""
         cutoff = now - self._duplicate_retention
-        with unit_of_work(self._sessions) as session:
+        with self._unit_of_work(tenant) as session:
             report = PurgeReport(
                 query_results_deleted=repo.purge_results(session, now, tenant),
                 duplicates_deleted=repo.purge_duplicates(session, cutoff.date(), cutoff, tenant),

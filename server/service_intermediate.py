@@ -5,6 +5,10 @@ tenant its request names before anything else (PERMISSION_DENIED otherwise), par
 into domain values, calls the domain and builds the response. Errors are raised as
 ``linkage.errors`` and turned into statuses by ``linkage.rpc``.
 
+A refused tenant check (TENANT_MISMATCH, CALLER_NOT_ALLOWED) is recorded as ACCESS_DENIED in its
+own transaction, in the ledger of the tenant the request named if this platform hosts it, else in
+the caller's own tenant's ledger (if hosted here), then raised.
+
 Must never: look anything up before the tenant check, hold business logic, or call
 ``context.abort`` for a domain error.
 """
@@ -22,17 +26,26 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.orm import Session, sessionmaker
 
 from linkage.errors import FieldViolation, InvalidArgument, PermissionDenied
+from linkage.logs import get_logger
+from linkage.records.model import ActorKind, RecordEvent
+from linkage.records.model import Outcome as RecordOutcome
 from linkage.rpc import caller
 from linkage.v1 import common_pb2, intermediate_server_pb2, intermediate_server_pb2_grpc
+from server import repository as repo
 from server.codes import CodeManager
 from server.content import DATA_ITEMS, unified_number_problem
 from server.disclosure import disclose_person
 from server.duplicates import DuplicateStore, ImportBuffer
+from server.ports import Clock
 from server.queries import Outcome, Requester, Spec, parse_spec
 from server.querykeys import timestamp
+from server.records import Recorder, record
 from server.tenancy import Tenant, Tenants, code_of_parent, require_id, split_child_name
 
+log = get_logger(__name__)
+
 pb = intermediate_server_pb2
+SERVICE = "IntermediateServerService"
 DEFAULT_WAIT = 30.0  # seconds a SubmitQuery waits without a deadline
 MAX_WAIT = 300.0
 _SYSTEM_MAX = 128
@@ -46,7 +59,9 @@ class Domain:
     codes: CodeManager
     duplicates: DuplicateStore
     requester: Requester
-    sessions: sessionmaker[Session]  # for disclosure
+    sessions: sessionmaker[Session]  # for disclosure and refusal records
+    recorder: Recorder
+    clock: Clock
 
 
 def result_message(outcome: Outcome) -> pb.QueryResult:
@@ -96,13 +111,50 @@ class IntermediateServerServicer(intermediate_server_pb2_grpc.IntermediateServer
     def __init__(self, domain: Domain) -> None:
         self._d = domain
 
-    def _tenant(self, parent: str) -> Tenant:
-        return self._d.tenants.for_unified_address(caller(), code_of_parent(parent))
+    async def _tenant(self, parent: str, method: str) -> Tenant:
+        return await self._bound(code_of_parent(parent), method)
+
+    async def _bound(self, code: str, method: str) -> Tenant:
+        """The caller's tenant if it is the one named; a refusal is recorded, then raised."""
+        who = caller()
+        try:
+            return self._d.tenants.for_unified_address(who, code)
+        except PermissionDenied as error:
+            await self._record_refusal(who, code, method, error)
+            raise
+
+    async def _record_refusal(
+        self, who: str, named: str, method: str, error: PermissionDenied
+    ) -> None:
+        tenants = self._d.tenants
+        own = who.removeprefix("ua.") if who.startswith("ua.") else ""
+        ledger_tenant = named if named in tenants else own if own in tenants else None
+        if ledger_tenant is None:
+            return  # neither tenant lives here: no ledger of this platform is theirs
+        entry = record(
+            tenant=ledger_tenant,
+            at=self._d.clock(),
+            event=RecordEvent.ACCESS_DENIED,
+            outcome=RecordOutcome.DENIED,
+            actor_kind=ActorKind.ORGANIZATION,
+            actor_id=who,
+            procedure=f"{SERVICE}.{method}",
+            reason=error.reason,
+        )
+
+        def append() -> None:
+            with repo.tenant_unit_of_work(self._d.sessions, ledger_tenant) as session:
+                self._d.recorder.append(session, [entry])
+
+        try:
+            await asyncio.to_thread(append)
+        except Exception:  # the refusal stands even if its record could not be written
+            log.exception("refusal_record_failed", tenant=ledger_tenant, reason=error.reason)
 
     async def AcquireLinkageCode(  # noqa: N802 (gRPC method name)
         self, request: pb.AcquireLinkageCodeRequest, context: Any
     ) -> pb.AcquireLinkageCodeResponse:
-        tenant = self._tenant(request.parent)
+        tenant = await self._tenant(request.parent, "AcquireLinkageCode")
         at = await self._d.codes.acquire(
             tenant, request.unified_number, request.processing_serial, actor=caller()
         )
@@ -116,7 +168,7 @@ class IntermediateServerServicer(intermediate_server_pb2_grpc.IntermediateServer
         tenant: Tenant | None = None
         async for chunk in request_iterator:
             if first is None:
-                tenant = self._tenant(chunk.parent)
+                tenant = await self._tenant(chunk.parent, "ImportDuplicates")
                 require_id(chunk.import_id, "import_id")
                 _business_system(chunk.business_system)
                 first = chunk
@@ -150,7 +202,7 @@ class IntermediateServerServicer(intermediate_server_pb2_grpc.IntermediateServer
     async def ExportDuplicates(  # noqa: N802 (gRPC method name)
         self, request: pb.ExportDuplicatesRequest, context: Any
     ) -> AsyncIterator[pb.ExportDuplicatesResponse]:
-        tenant = self._tenant(request.parent)
+        tenant = await self._tenant(request.parent, "ExportDuplicates")
         pages = self._d.duplicates.export_pages(tenant, request.data_item, request.include_history)
         while True:
             page = await asyncio.to_thread(next, pages, None)
@@ -161,7 +213,7 @@ class IntermediateServerServicer(intermediate_server_pb2_grpc.IntermediateServer
     async def SetAutoResponseDisabled(  # noqa: N802 (gRPC method name)
         self, request: pb.SetAutoResponseDisabledRequest, context: Any
     ) -> pb.SetAutoResponseDisabledResponse:
-        tenant = self._tenant(request.parent)
+        tenant = await self._tenant(request.parent, "SetAutoResponseDisabled")
         violations = []
         problem = unified_number_problem(request.unified_number)
         if problem is not None:
@@ -182,7 +234,7 @@ class IntermediateServerServicer(intermediate_server_pb2_grpc.IntermediateServer
     async def SubmitQuery(  # noqa: N802 (gRPC method name)
         self, request: pb.SubmitQueryRequest, context: Any
     ) -> pb.SubmitQueryResponse:
-        tenant = self._tenant(request.parent)
+        tenant = await self._tenant(request.parent, "SubmitQuery")
         spec = parse_spec(request.query, "query", self._d.requester.today())
         outcome = await self._d.requester.submit(
             tenant.code, spec, wait=_wait_seconds(context, None)
@@ -195,7 +247,7 @@ class IntermediateServerServicer(intermediate_server_pb2_grpc.IntermediateServer
         first = await anext(request_iterator, None)
         if first is None:
             return
-        tenant = self._tenant(first.parent)
+        tenant = await self._tenant(first.parent, "StreamQueries")
         specs = self._specs(first, request_iterator)
         async for outcomes in self._d.requester.stream(tenant.code, specs):
             yield pb.StreamQueriesResponse(results=[result_message(o) for o in outcomes])
@@ -209,9 +261,12 @@ class IntermediateServerServicer(intermediate_server_pb2_grpc.IntermediateServer
         yield self._parse_message(first)
         async for message in rest:
             if message.parent != first.parent:
-                raise PermissionDenied(
+                error = PermissionDenied(
                     "TENANT_MISMATCH", "every message of a stream must name the same parent"
                 )
+                named = code_of_parent(message.parent)
+                await self._record_refusal(caller(), named, "StreamQueries", error)
+                raise error
             yield self._parse_message(message)
 
     def _parse_message(self, message: pb.StreamQueriesRequest) -> list[Spec]:
@@ -233,7 +288,7 @@ class IntermediateServerServicer(intermediate_server_pb2_grpc.IntermediateServer
         self, request: pb.GetQueryResultRequest, context: Any
     ) -> pb.GetQueryResultResponse:
         code, query_id = split_child_name(request.name, "queries")
-        tenant = self._d.tenants.for_unified_address(caller(), code)
+        tenant = await self._bound(code, "GetQueryResult")
         require_id(query_id, "name")
         requested = request.wait.seconds + request.wait.nanos / 1e9
         if requested < 0:
@@ -250,7 +305,7 @@ class IntermediateServerServicer(intermediate_server_pb2_grpc.IntermediateServer
     async def DiscloseAccessRecords(  # noqa: N802 (gRPC method name)
         self, request: pb.DiscloseAccessRecordsRequest, context: Any
     ) -> pb.DiscloseAccessRecordsResponse:
-        tenant = self._tenant(request.parent)
+        tenant = await self._tenant(request.parent, "DiscloseAccessRecords")
         stored = await asyncio.to_thread(
             disclose_person, self._d.sessions, tenant.code, request.unified_number
         )

@@ -79,9 +79,15 @@ async def seeded(world: World) -> World:
 @pytest.mark.parametrize("rpc", sorted(CALLS))
 async def test_a_tenant_cannot_act_for_another(seeded: World, rpc: str) -> None:
     before = seeded.table_counts("alpha")
+    denied = seeded.records("jps", event="ACCESS_DENIED")
     error = await remote(CALLS[rpc](seeded.ua("sakai", platform="alpha"), "organizations/jps"))
     assert (error.code, error.reason) == ("PERMISSION_DENIED", "TENANT_MISMATCH")
-    assert seeded.table_counts("alpha") == before
+    # Nothing changes but one record of the refusal, in the ledger of the tenant it named.
+    new = seeded.records("jps", event="ACCESS_DENIED")[len(denied) :]
+    assert [(r["actor_id"], r["reason"], r["procedure"]) for r in new] == [
+        ("ua.sakai", "TENANT_MISMATCH", f"IntermediateServerService.{rpc}")
+    ]
+    assert seeded.table_counts("alpha") == before | {"access_records": before["access_records"] + 1}
 
 
 @pytest.mark.parametrize("rpc", sorted(CALLS))
