@@ -10,8 +10,9 @@ Modules (import what you need; this package imports nothing heavy)::
     model       AccessRecord, RecordEvent, ActorKind, Outcome, canonical bytes
     models      the SQLAlchemy tables (access_records, _heads, _checkpoints, _anchors)
     ledger      Ledger (append in the caller's transaction), RecordWriter (group commit)
-    verify      verify, verify_jsonl, VerifyReport, Problem, ProblemKind
-    retention   purge, DEFAULT_RETENTION
+    verify      verify, verify_many, ledger_ids, verify_jsonl, VerifyReport, Problem, ProblemKind
+    spans       the range-linking loop verify runs in this process or in worker processes
+    retention   purge, RetentionJob (purge on a schedule), DEFAULT_RETENTION
     disclosure  disclose, export_jsonl
     keyfile     verify-key and signing-key files
     cli         ``linkage records``

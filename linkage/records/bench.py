@@ -36,9 +36,12 @@ class LedgerBench:
         return self.verify_per_s / self.bare_chain_per_s
 
 
-async def measure(work_dir: Path, *, records: int = 100_000, handlers: int = 200) -> LedgerBench:
+async def measure(
+    work_dir: Path, *, records: int = 100_000, handlers: int = 200, workers: int | None = None
+) -> LedgerBench:
     """Append ``records`` through a ``RecordWriter`` (``handlers`` tasks, one await per record,
-    like request handlers), verify them, and hash the same entry bytes as a bare chain."""
+    like request handlers), verify them (with ``workers`` processes, see ``verify``), and hash
+    the same entry bytes as a bare chain."""
     from nacl.signing import SigningKey
     from sqlalchemy import select
 
@@ -82,7 +85,9 @@ async def measure(work_dir: Path, *, records: int = 100_000, handlers: int = 200
     append_s = time.perf_counter() - began
 
     began = time.perf_counter()
-    report = await asyncio.to_thread(verify, engine, "server:bench", ledger.verify_keys())
+    report = await asyncio.to_thread(
+        verify, engine, "server:bench", ledger.verify_keys(), workers=workers
+    )
     verify_s = time.perf_counter() - began
     if not report.ok:
         raise RuntimeError(report.describe())
@@ -110,13 +115,17 @@ def _bare_chain(bodies: list[bytes]) -> float:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m linkage.records.bench [--records N] [--handlers N]``."""
+    """``python -m linkage.records.bench [--records N] [--handlers N] [--workers N]``."""
     parser = argparse.ArgumentParser(prog="python -m linkage.records.bench")
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--handlers", type=int, default=200)
+    parser.add_argument("--workers", type=int, help="verify processes (default: by size)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as work:
-        result = asyncio.run(measure(Path(work), records=args.records, handlers=args.handlers))
+        run = measure(
+            Path(work), records=args.records, handlers=args.handlers, workers=args.workers
+        )
+        result = asyncio.run(run)
     for name, value in asdict(result).items():
         print(f"{name:>18}: {value:,.0f}")
     print(f"{'verify_ratio':>18}: {result.verify_ratio:.2f} of the bare chain")

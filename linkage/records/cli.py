@@ -49,8 +49,15 @@ def _parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser("verify", help="verify ledgers in a database")
     database(verify)
-    verify.add_argument("--ledger", required=True, action="append", help="ledger id (repeatable)")
+    which = verify.add_mutually_exclusive_group(required=True)
+    which.add_argument("--ledger", action="append", help="ledger id (repeatable)")
+    which.add_argument("--all", action="store_true", help="every ledger in the database")
     verify.add_argument("--keys", type=Path, help="verify-key file (FORMAT.md §9)")
+    verify.add_argument(
+        "--workers",
+        type=int,
+        help="processes per ledger (default: more than one only for very long chains)",
+    )
 
     check = sub.add_parser("verify-export", help="verify an export file without a database")
     check.add_argument("file", type=Path)
@@ -125,26 +132,40 @@ def _keys(path: Path | None) -> dict[str, VerifyKey] | None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from sqlalchemy.orm import Session
+    from sqlalchemy.exc import SQLAlchemyError
 
-    from linkage.records.ledger import read_head
-    from linkage.records.verify import verify
+    from linkage.records.verify import ledger_ids, verify_many
 
+    if args.workers is not None and args.workers < 1:
+        raise _UsageError("--workers must be at least 1")
     engine = _engine(args.database)
     keys = _keys(args.keys)
     status = EXIT_OK
     try:
-        for ledger_id in args.ledger:
-            with Session(engine) as session:
-                if read_head(session, ledger_id) is None:
-                    raise _UsageError(f"ledger {ledger_id}: not found in {args.database}")
-            report = verify(engine, ledger_id, keys)
-            print(report.describe(), file=sys.stdout if report.ok else sys.stderr)
+        wanted = ledger_ids(engine) if args.all else args.ledger
+        if args.all and not wanted:
+            raise _UsageError(f"no ledgers in {args.database}")
+        if not args.all:
+            _require_ledgers(engine, wanted, args.database)
+        for report in verify_many(engine, wanted, keys, workers=args.workers):
+            print(report.describe(), file=sys.stdout if report.ok else sys.stderr, flush=True)
             if not report.ok:
                 status = EXIT_TAMPERED
+    except SQLAlchemyError as exc:  # e.g. a database without the ledger's tables
+        raise _UsageError(f"cannot read {args.database}: {exc.__class__.__name__}") from exc
     finally:
         engine.dispose()
     return status
+
+
+def _require_ledgers(engine: Engine, wanted: list[str], database: str) -> None:
+    """Refuse a ledger id the database does not know (a typo must not "verify")."""
+    from linkage.records.verify import ledger_ids
+
+    known = set(ledger_ids(engine))
+    for ledger_id in wanted:
+        if ledger_id not in known:
+            raise _UsageError(f"ledger {ledger_id}: not found in {database}")
 
 
 def _verify_export(args: argparse.Namespace) -> int:

@@ -3,29 +3,51 @@
 Owns the one way records ever leave a ledger. ``purge`` deletes the oldest records (and the
 checkpoints over them) only after re-walking them, and only together with a signed anchor for
 the hash of the last purged record, so the rest of the chain stays verifiable from it.
+``RetentionJob`` runs ``purge`` over an app's ledgers on a schedule, so every app that keeps a
+ledger can keep the seven-year rule without an operator.
 
 It must never delete from the middle or the end of a chain, never purge over a broken chain
-(it raises ``LedgerTamperedError`` instead), and never run outside the caller's transaction.
+(it raises ``LedgerTamperedError`` instead), and never run outside the caller's transaction
+(the job gives each ledger a transaction of its own, in a worker thread).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 
 from nacl.signing import SigningKey
-from sqlalchemy import delete, func, insert, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy.orm import Session, sessionmaker
 
+from linkage.db import session_factory, unit_of_work
+from linkage.logs import get_logger
 from linkage.records.ledger import lock_head
 from linkage.records.model import MAX_LEDGER_ID, anchor_message, to_micros, utc_now
 from linkage.records.models import ANCHORS, CHECKPOINTS, RECORDS
 from linkage.records.verify import LedgerTamperedError, check_prefix
 
-__all__ = ["DEFAULT_RETENTION", "purge", "retention_cutoff"]
+__all__ = [
+    "DEFAULT_RETENTION",
+    "DEFAULT_RETENTION_INTERVAL",
+    "RetentionError",
+    "RetentionJob",
+    "purge",
+    "retention_cutoff",
+]
+
+log = get_logger(__name__)
 
 DEFAULT_RETENTION = timedelta(days=365 * 7 + 2)
 """Seven years (番号法施行令: 情報提供等記録は七年間保存), counted generously: seven years hold
 at most two leap days, so nothing is purged a day early."""
+
+
+DEFAULT_RETENTION_INTERVAL = timedelta(hours=1)
+"""How often ``RetentionJob`` purges: often enough that nothing outlives its seven years by
+more than an hour, rarely enough to cost nothing (a purge with nothing to do is one query)."""
 
 
 def retention_cutoff(
@@ -101,3 +123,116 @@ def _purge_through(session: Session, ledger_id: str, start: int, last: int, cuto
         .limit(1)
     ).scalar()
     return last if first_kept is None else int(first_kept) - 1
+
+
+# -- the scheduled job -----------------------------------------------------------------------
+
+
+class RetentionError(Exception):
+    """Some ledgers could not be purged; the others were (``purged``)."""
+
+    def __init__(self, purged: Mapping[str, int], failures: Mapping[str, Exception]) -> None:
+        names = ", ".join(f"{ledger}: {error}" for ledger, error in sorted(failures.items()))
+        super().__init__(f"retention failed for {len(failures)} ledger(s): {names}")
+        self.purged = dict(purged)
+        self.failures = dict(failures)
+
+
+class RetentionJob:
+    """Purges the expired prefix of every ledger of one database, every ``interval``.
+
+    ``ledger_ids`` is asked for the ledgers at each run (an app's tenants may change). Each
+    ledger is purged in its own transaction in a worker thread, so the event loop never
+    blocks and a ledger that refuses (``LedgerTamperedError``) does not hold back the others.
+    ``start`` runs the first purge at once and then one every ``interval``; failures are
+    logged and the schedule goes on. ``run_once`` purges now and returns the count per ledger.
+    """
+
+    def __init__(
+        self,
+        engine_or_sessions: Engine | sessionmaker[Session],
+        ledger_ids: Callable[[], Iterable[str]],
+        signing_key: SigningKey,
+        key_id: str,
+        retention: timedelta = DEFAULT_RETENTION,
+        interval: timedelta = DEFAULT_RETENTION_INTERVAL,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        if not key_id or len(key_id) > MAX_LEDGER_ID:
+            raise ValueError(f"key_id must be 1 to {MAX_LEDGER_ID} characters")
+        if retention <= timedelta(0):
+            raise ValueError("retention must be positive")
+        if interval <= timedelta(0):
+            raise ValueError("interval must be positive")
+        if isinstance(engine_or_sessions, Engine):
+            engine_or_sessions = session_factory(engine_or_sessions)
+        self._sessions = engine_or_sessions
+        self._ledger_ids = ledger_ids
+        self._signing_key = signing_key
+        self._key_id = key_id
+        self.retention = retention
+        self.interval = interval
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Start the schedule (the first purge runs at once); a second start does nothing."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="records-retention")
+
+    async def stop(self) -> None:
+        """Stop the schedule; a purge in progress finishes its transaction first."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def run_once(self) -> dict[str, int]:
+        """Purge every ledger now; returns how many records each lost (0 for most runs).
+
+        Raises ``RetentionError`` (after trying every ledger) if any ledger failed.
+        """
+        async with self._lock:  # the schedule and a manual run never purge at once
+            now = self._clock()
+            ledgers = sorted(set(self._ledger_ids()))
+            work = asyncio.ensure_future(asyncio.to_thread(self._purge_all, ledgers, now))
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                # The thread cannot be interrupted: let its transaction end before ``stop``
+                # returns (the app may dispose of the engine next).
+                with contextlib.suppress(Exception):
+                    await work
+                raise
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                purged = await self.run_once()
+            except RetentionError as exc:
+                log.error("records_retention_failed", failures=sorted(exc.failures))
+            except Exception:
+                log.exception("records_retention_failed")
+            else:
+                if any(purged.values()):
+                    log.info("records_purged", ledgers={k: v for k, v in purged.items() if v})
+            await asyncio.sleep(self.interval.total_seconds())
+
+    def _purge_all(self, ledgers: list[str], now: datetime) -> dict[str, int]:
+        """Runs in a worker thread: one transaction per ledger."""
+        cutoff = retention_cutoff(now, self.retention)
+        purged: dict[str, int] = {}
+        failures: dict[str, Exception] = {}
+        for ledger_id in ledgers:
+            try:
+                with unit_of_work(self._sessions) as session:
+                    purged[ledger_id] = purge(
+                        session, ledger_id, cutoff, self._signing_key, self._key_id, now=now
+                    )
+            except Exception as exc:
+                failures[ledger_id] = exc
+        if failures:
+            raise RetentionError(purged, failures)
+        return purged

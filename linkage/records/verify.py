@@ -6,16 +6,27 @@ checkpoint and the retention anchor, reconciles the end of the chain with the he
 stops at the FIRST bad position, which it classifies (EDITED, DELETED, INSERTED, REORDERED,
 BAD_CHECKPOINT, BAD_ANCHOR, HEAD_MISMATCH) by looking at the neighbourhood of the break.
 
+Every chain is first checked fast: seq ranges are linked by ``spans.link_span`` over raw
+driver rows, in this process or in several worker processes at once (each with its own
+connection), and stitched by their end hashes. Only if that finds nothing wrong is its result
+used; otherwise the walker above runs from the start, so every report is the walker's.
+
 It only ever reads: it never repairs, rewrites or deletes anything, and it never needs a
-signing key (verify keys only). FORMAT.md states what it can and cannot detect.
+signing key (verify keys only). FORMAT.md states what it can and cannot detect. Worker
+processes are started with ``spawn``: a script that asks for them must guard its main module
+(``if __name__ == "__main__":``), as for any ``multiprocessing`` use.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -23,7 +34,7 @@ from typing import Any, Protocol
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
-from sqlalchemy import Connection, Engine, bindparam, func, select
+from sqlalchemy import Connection, Dialect, Engine, bindparam, func, select, text
 from sqlalchemy.orm import Session
 
 from linkage.records.model import (
@@ -37,16 +48,21 @@ from linkage.records.model import (
     to_micros,
 )
 from linkage.records.models import ANCHORS, CHECKPOINTS, HEADS, RECORDS, entry_bytes_sql
+from linkage.records.spans import Span, SpanQuery, link_span, link_span_in_worker
 
 __all__ = [
     "CHUNK_SIZE",
+    "MAX_AUTO_WORKERS",
+    "PARALLEL_MIN_RECORDS",
     "LedgerTamperedError",
     "Problem",
     "ProblemKind",
     "VerifyReport",
     "check_prefix",
+    "ledger_ids",
     "verify",
     "verify_jsonl",
+    "verify_many",
 ]
 
 CHUNK_SIZE = 20_000
@@ -193,6 +209,41 @@ class _Walk:
         if problem is not None or until is not None:
             return problem
         return self._finish()
+
+    def fast_forward(self, link: Linker, until: int | None = None) -> bool:
+        """Check the chain through ``until`` (default: the head as read now) with ``link``.
+
+        True when every record on the way is present and linked, the first one to the
+        start, and every checkpoint on the way holds: the walk then stands at ``until``
+        exactly as ``run`` would have, and ``resume`` finishes it. False when anything at all
+        is off (the caller starts a fresh walk with ``run``, which finds and classifies the
+        first problem); nothing reported by this walk is then meaningful.
+        """
+        if self._start() is not None:
+            return False
+        if until is None:
+            head = self.source.head()
+            if head is None:
+                return False
+            until = head[0]
+        if until <= self.start:
+            return False
+        cps = self._checkpoints[self._next_cp :]
+        on_the_way = [cp for cp in cps if cp.seq <= until]
+        span = link(self.start, until, self.start_hash, sorted({cp.seq for cp in on_the_way}))
+        if span is None or span.first_prev != self.start_hash:
+            return False
+        for cp in on_the_way:
+            if self._check_checkpoint(cp, span.marks[cp.seq], purged=False) is not None:
+                return False
+            self._next_cp += 1
+        self.last_seq, self.last_hash = until, span.last_hash
+        self.records = until - self.start
+        return True
+
+    def resume(self) -> Problem | None:
+        """After ``fast_forward``: walk whatever was appended since, then check the end."""
+        return self._walk(self.last_seq, None) or self._finish()
 
     # start: anchors and the purged prefix
 
@@ -552,24 +603,62 @@ def verify(
     verify_keys: Mapping[str, VerifyKey] | None,
     *,
     chunk_size: int = CHUNK_SIZE,
+    workers: int | None = None,
 ) -> VerifyReport:
     """Verify ledger ``ledger_id`` in its database; the report names the first bad position.
 
     ``verify_keys`` maps key ids to Ed25519 verify keys (all keys the ledger has ever been
     signed with). None skips signature checks (hashes in checkpoints are still compared) and
     the report says so. Appends running meanwhile are fine: the walk follows the head.
+
+    ``workers`` > 1 checks seq ranges in that many processes at once (this one included),
+    each reading through its own connection, and stitches the ranges; 1 stays in this
+    process; None picks by size (processes only for long chains, see ``PARALLEL_MIN_RECORDS``).
+    A session is always verified in its own process and transaction. Whatever the route, a
+    chain with a problem is re-walked in order, so the report is the same.
     """
+    with _Workers(workers) as pool:
+        return pool.verify(engine_or_session, ledger_id, verify_keys, chunk_size)
+
+
+def verify_many(
+    engine: Engine,
+    ledger_ids: Iterable[str],
+    verify_keys: Mapping[str, VerifyKey] | None,
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    workers: int | None = None,
+) -> Iterator[VerifyReport]:
+    """``verify`` each ledger in turn (one report each, lazily), sharing worker processes."""
+    with _Workers(workers) as pool:
+        for ledger_id in ledger_ids:
+            yield pool.verify(engine, ledger_id, verify_keys, chunk_size)
+
+
+def ledger_ids(engine_or_session: Engine | Session) -> list[str]:
+    """Every ledger id in the database, sorted: from the heads, and also from the records,
+    checkpoints and anchors (so a deleted head row cannot hide a ledger from ``--all``)."""
     if isinstance(engine_or_session, Session):
-        return _verify_on(engine_or_session.connection(), ledger_id, verify_keys, chunk_size)
+        return _ledger_ids(engine_or_session.connection())
     with engine_or_session.connect() as conn:
-        return _verify_on(conn, ledger_id, verify_keys, chunk_size)
+        return _ledger_ids(conn)
 
 
-def _verify_on(
-    conn: Connection, ledger_id: str, keys: Mapping[str, VerifyKey] | None, chunk_size: int
-) -> VerifyReport:
-    walk = _Walk(_DatabaseSource(conn, ledger_id, chunk_size), ledger_id, keys)
-    return walk.report(walk.run())
+def _ledger_ids(conn: Connection) -> list[str]:
+    found: set[str] = set()
+    for table in (HEADS, CHECKPOINTS, ANCHORS):
+        found.update(conn.execute(select(table.c.ledger).distinct()).scalars())
+    # The records table is large: hop from ledger to ledger along its primary key.
+    hop = text(
+        "WITH RECURSIVE ids(ledger) AS ("
+        " SELECT min(ledger) FROM access_records"
+        " UNION ALL"
+        " SELECT (SELECT min(r.ledger) FROM access_records r WHERE r.ledger > ids.ledger)"
+        " FROM ids WHERE ids.ledger IS NOT NULL"
+        ") SELECT ledger FROM ids WHERE ledger IS NOT NULL"
+    )
+    found.update(conn.execute(hop).scalars())
+    return sorted(found)
 
 
 def check_prefix(conn: Connection, ledger_id: str, through: int) -> tuple[bytes, Problem | None]:
@@ -578,13 +667,243 @@ def check_prefix(conn: Connection, ledger_id: str, through: int) -> tuple[bytes,
     Returns the chain hash at ``through`` and the first problem. Used by ``purge`` so that an
     anchor never vouches for a chain that was already broken.
     """
-    walk = _Walk(_DatabaseSource(conn, ledger_id, CHUNK_SIZE), ledger_id, None)
+    source = _DatabaseSource(conn, ledger_id, CHUNK_SIZE)
+    walk = _Walk(source, ledger_id, None)
+    if walk.fast_forward(_in_process_linker(conn, ledger_id, CHUNK_SIZE), until=through):
+        return walk.last_hash, None
+    walk = _Walk(source, ledger_id, None)
     problem = walk.run(until=through)
     if problem is None and walk.last_seq != through:
         problem = Problem(
             walk.last_seq + 1, ProblemKind.DELETED, f"the chain ends before {through}"
         )
     return walk.last_hash, problem
+
+
+# -- fast and parallel linking -------------------------------------------------------------------
+
+PARALLEL_MIN_RECORDS = 1_000_000
+"""With ``workers=None``, chains at least this long are checked in worker processes: starting
+one (a fresh interpreter, about 0.3 s) costs what checking some 100,000 records here does, and
+the gain only shows on free cores (measured: 1M records in 1.8 s with two, 2.8 s with one)."""
+
+MAX_AUTO_WORKERS = 4
+"""With ``workers=None``, at most this many processes (this one included)."""
+
+_SPAN_RECORDS = 50_000
+"""Records per task handed to a worker: small enough that this process, which starts at
+once, takes over the tasks the workers have not reached yet."""
+
+Linker = Callable[[int, int, bytes | None, Sequence[int]], Span | None]
+"""``link(lo, hi, prev, marks)``: check records ``lo < seq <= hi`` linking onto ``prev``
+(None: onto whatever the first one says, for the caller to stitch)."""
+
+_SPAN_QUERIES: dict[tuple[str, str], SpanQuery] = {}
+
+
+def _span_query(dialect: Dialect) -> SpanQuery:
+    """The range query of ``spans.link_span`` for ``dialect`` (compiled once per dialect)."""
+    key = (dialect.name, str(dialect.paramstyle))
+    if key not in _SPAN_QUERIES:
+        c = RECORDS.c
+        stmt = (
+            select(c.seq, c.prev_hash, entry_bytes_sql(dialect.name), c.hash)
+            .where(
+                # Placeholder values, so that the constants can be read off the compiled form.
+                c.ledger == bindparam("ledger", ""),
+                c.seq > bindparam("lo", 0),
+                c.seq <= bindparam("hi", 0),
+            )
+            .order_by(c.seq)
+        )
+        compiled = stmt.compile(dialect=dialect)
+        constants = {
+            name: value
+            for name, value in compiled.construct_params().items()
+            if name not in ("ledger", "lo", "hi")
+        }
+        positions = compiled.positiontup
+        _SPAN_QUERIES[key] = SpanQuery(
+            str(compiled),
+            None if positions is None else tuple(positions),
+            constants,
+            binary=dialect.name == "postgresql" and dialect.driver == "psycopg",
+        )
+    return _SPAN_QUERIES[key]
+
+
+def _in_process_linker(conn: Connection, ledger_id: str, window: int) -> Linker:
+    """Link ranges on ``conn`` itself (in its transaction), reading raw driver rows."""
+    query = _span_query(conn.dialect)
+    dbapi_connection = conn.connection.driver_connection
+
+    def link(lo: int, hi: int, prev: bytes | None, marks: Sequence[int]) -> Span | None:
+        return link_span(
+            dbapi_connection, query, ledger_id, lo, hi, marks, prev=prev, window=window
+        )
+
+    return link
+
+
+def _worker_query(engine: Engine) -> SpanQuery | None:
+    """The range query with what a worker needs to connect, or None if it cannot."""
+    dialect = engine.dialect
+    if dialect.name == "sqlite" and dialect.driver == "pysqlite":
+        driver = "sqlite3"
+        if engine.url.database in (None, "", ":memory:"):
+            return None  # a private in-memory database: no other process can see it
+    elif dialect.name == "postgresql" and dialect.driver == "psycopg":
+        driver = "psycopg"
+    else:
+        return None
+    args, kwargs = dialect.create_connect_args(engine.url)
+    simple = (str, int, float, bool)
+    return replace(
+        _span_query(dialect),
+        driver=driver,
+        connect_args=tuple(args),
+        connect_kwargs={k: v for k, v in kwargs.items() if isinstance(v, simple)},
+    )
+
+
+class _Workers:
+    """The worker processes of one ``verify`` or ``verify_many`` call, started on first use."""
+
+    def __init__(self, workers: int | None) -> None:
+        if workers is not None and workers < 1:
+            raise ValueError("workers must be at least 1")
+        self._workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def verify(
+        self,
+        engine_or_session: Engine | Session,
+        ledger_id: str,
+        keys: Mapping[str, VerifyKey] | None,
+        chunk_size: int,
+    ) -> VerifyReport:
+        if isinstance(engine_or_session, Session):
+            return self._verify_on(
+                engine_or_session.connection(), None, ledger_id, keys, chunk_size
+            )
+        with engine_or_session.connect() as conn:
+            query = _worker_query(engine_or_session)
+            return self._verify_on(conn, query, ledger_id, keys, chunk_size)
+
+    def _verify_on(
+        self,
+        conn: Connection,
+        worker_query: SpanQuery | None,
+        ledger_id: str,
+        keys: Mapping[str, VerifyKey] | None,
+        chunk_size: int,
+    ) -> VerifyReport:
+        source = _DatabaseSource(conn, ledger_id, chunk_size)
+        local = _in_process_linker(conn, ledger_id, chunk_size)
+        walk = _Walk(source, ledger_id, keys)
+
+        def link(lo: int, hi: int, prev: bytes | None, marks: Sequence[int]) -> Span | None:
+            count = self._count(hi - lo)
+            if worker_query is None or count < 2 or prev is None:
+                return local(lo, hi, prev, marks)
+            task = _Task(worker_query, ledger_id, lo, hi, prev, chunk_size)
+            try:
+                pool = self._start(count - 1)  # this process is one of them
+                return _link_in_parallel(pool, task, marks, local)
+            except (OSError, RuntimeError):  # no processes to be had (BrokenProcessPool…)
+                self._stop()
+                return local(lo, hi, prev, marks)
+
+        if walk.fast_forward(link):
+            return walk.report(walk.resume())
+        walk = _Walk(source, ledger_id, keys)
+        return walk.report(walk.run())
+
+    def _count(self, records: int) -> int:
+        if self._workers is not None:
+            return self._workers
+        if records < PARALLEL_MIN_RECORDS:
+            return 1
+        return max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS))
+
+    def _start(self, processes: int) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn: a fresh interpreter per worker, safe whatever threads this process runs.
+            context = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(max_workers=processes, mp_context=context)
+        return self._pool
+
+
+@dataclass(frozen=True, slots=True)
+class _Task:
+    """What ``_link_in_parallel`` checks: records ``lo < seq <= hi`` linking onto ``prev``."""
+
+    query: SpanQuery
+    ledger: str
+    lo: int
+    hi: int
+    prev: bytes
+    window: int
+
+
+def _link_in_parallel(
+    pool: ProcessPoolExecutor, task: _Task, marks: Sequence[int], local: Linker
+) -> Span | None:
+    """Link ``lo < seq <= hi`` as tasks shared by the workers and this process; stitch them.
+
+    Workers take tasks from the front; meanwhile this process (which needs no start-up)
+    takes them from the back, withdrawing each before a worker gets to it. A task a worker
+    could not run is run here. Each task returns its first stored ``prev_hash`` and its last
+    hash; the ranges form one chain when each starts with the hash the one before ended in.
+    """
+    edges = _task_edges(task.lo, task.hi)
+    ranges = list(itertools.pairwise(edges))
+    futures = [
+        pool.submit(link_span_in_worker, task.query, task.ledger, a, b, marks, task.window)
+        for a, b in ranges
+    ]
+    spans: list[Span | None] = [None] * len(futures)
+    for index in reversed(range(len(futures))):
+        if not futures[index].cancel():
+            break
+        spans[index] = local(*ranges[index], None, marks)
+    for index, future in enumerate(futures):
+        if future.cancelled():
+            continue
+        try:
+            spans[index] = future.result()
+        except Exception:  # e.g. a worker that could not connect: do it here
+            spans[index] = local(*ranges[index], None, marks)
+    return _stitch(spans, task.prev)
+
+
+def _task_edges(lo: int, hi: int) -> list[int]:
+    count = max(2, -(-(hi - lo) // _SPAN_RECORDS))
+    step = -(-(hi - lo) // count)
+    return [*range(lo, hi, step), hi]
+
+
+def _stitch(spans: Sequence[Span | None], prev: bytes) -> Span | None:
+    """One span of consecutive ``spans`` if each links onto the one before, else None."""
+    linked: list[Span] = []
+    for span in spans:
+        if span is None or span.first_prev != (linked[-1].last_hash if linked else prev):
+            return None
+        linked.append(span)
+    marks = {seq: hash_ for span in linked for seq, hash_ in span.marks.items()}
+    first, last = linked[0], linked[-1]
+    return Span(first.first, last.last, first.first_prev, last.last_hash, marks)
 
 
 # -- the export source --------------------------------------------------------------------------

@@ -1,27 +1,28 @@
-"""Fixtures of the ledger tests: a ledger database file, keys, a clock, records, a filled chain.
+"""Fixtures of the ledger tests: a migrated ledger database, keys, a clock, records, a chain.
 
-Tampering is done the way an insider with file access would: plain SQL through the ``sqlite3``
-module on the database file, never through the ledger's API.
+The database comes from the suite's root fixture ``database_url``: an SQLite file by default,
+a PostgreSQL schema with ``LINKAGE_TEST_DATABASE=postgresql``; every test runs on both.
+Tampering is done the way an insider with write access would: plain SQL outside the ledger's
+code, after dropping the append-only triggers (detection must never depend on them).
 """
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from linkage.db import Base, make_engine, session_factory, sqlite_url, unit_of_work
+from linkage.db import make_engine, session_factory, unit_of_work
 from linkage.records.ledger import Ledger
 from linkage.records.model import AccessRecord, ActorKind, Outcome, RecordEvent
-from linkage.records.models import TABLES
 
 LEDGER = "server:sakai"
 KEY_ID = "sakai-records-2026"
@@ -66,45 +67,59 @@ def make_record(
     )
 
 
-def drop_guards(conn: sqlite3.Connection) -> None:
-    """Drop the append-only triggers, as an insider with write access to the file can."""
-    triggers = conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall()
-    for (name,) in triggers:
-        conn.execute(f'DROP TRIGGER "{name}"')
+_PLACEHOLDER = re.compile(r"\?")
 
 
-def tamper(path: Path, sql: str, *params: Any) -> None:
-    """Run one plain-SQL statement on the database file, outside the ledger's code (after
-    dropping the guards: detection must not depend on them)."""
-    conn = sqlite3.connect(path)
-    try:
+def _bound(sql: str, params: tuple[Any, ...]) -> tuple[Any, dict[str, Any]]:
+    """``sql`` with qmark placeholders as a ``text()`` with named binds, for either backend."""
+    names = iter(range(len(params)))
+    return (
+        text(_PLACEHOLDER.sub(lambda _m: f":p{next(names)}", sql)),
+        {f"p{i}": value for i, value in enumerate(params)},
+    )
+
+
+def drop_guards(conn: Connection) -> None:
+    """Drop the append-only triggers, as an insider with write access to the database can."""
+    if conn.dialect.name == "sqlite":
+        names = conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger'"))
+        for (name,) in names.all():
+            conn.execute(text(f'DROP TRIGGER "{name}"'))
+        return
+    rows = conn.execute(
+        text(
+            "SELECT trigger_name, event_object_table FROM information_schema.triggers "
+            "WHERE trigger_schema = current_schema()"
+        )
+    )
+    for name, table in set(rows.all()):
+        conn.execute(text(f'DROP TRIGGER IF EXISTS "{name}" ON "{table}"'))
+
+
+def tamper(engine: Engine, sql: str, *params: Any) -> None:
+    """Run one plain-SQL statement (qmark placeholders) outside the ledger's code, after
+    dropping the guards: detection must not depend on them."""
+    with engine.begin() as conn:
         drop_guards(conn)
-        conn.execute(sql, params)
-        conn.commit()
-    finally:
-        conn.close()
+        conn.execute(*_bound(sql, params))
 
 
-def query(path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    """Read the database file with plain SQL."""
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+def query(engine: Engine, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Read the database with plain SQL (qmark placeholders)."""
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(*_bound(sql, params))]
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    """Where the ledger database file lives."""
-    return tmp_path / "records.db"
+def database(database_url: Callable[[str], str]) -> str:
+    """The URL of a freshly migrated ledger database on the run's backend."""
+    return database_url("records")
 
 
 @pytest.fixture
-def engine(db_path: Path) -> Iterator[Engine]:
-    """An SQLite engine on ``db_path`` with only the ledger's tables created."""
-    engine = make_engine(sqlite_url(db_path))
-    Base.metadata.create_all(engine, tables=list(TABLES))
+def engine(database: str) -> Iterator[Engine]:
+    """An engine on the ledger database."""
+    engine = make_engine(database)
     yield engine
     engine.dispose()
 
@@ -135,9 +150,9 @@ def ledger(signing_key: SigningKey, clock: Clock) -> Ledger:
 
 @dataclass(frozen=True)
 class Chain:
-    """A committed chain in a database file, and what verifying it needs."""
+    """A committed chain in a database, and what verifying it needs."""
 
-    path: Path
+    url: str
     engine: Engine
     ledger: Ledger
     records: list[AccessRecord]
@@ -146,12 +161,19 @@ class Chain:
     def keys(self) -> dict[str, Any]:
         return dict(self.ledger.verify_keys())
 
+    @property
+    def cli_database(self) -> str:
+        """What an operator passes as ``--database``: the file path of an SQLite database
+        (the short form), the URL of any other."""
+        url = make_url(self.url)
+        return url.database or self.url if url.get_backend_name() == "sqlite" else self.url
+
 
 @pytest.fixture
-def chain(db_path: Path, engine: Engine, sessions: sessionmaker[Session], ledger: Ledger) -> Chain:
+def chain(database: str, engine: Engine, sessions: sessionmaker[Session], ledger: Ledger) -> Chain:
     """50 records in ``server:sakai`` (checkpoints at 10, 20, …, 50), committed in 5 batches."""
     records = [make_record(i) for i in range(1, 51)]
     for start in range(0, 50, 10):
         with unit_of_work(sessions) as session:
             ledger.append_many(session, LEDGER, records[start : start + 10])
-    return Chain(db_path, engine, ledger, records)
+    return Chain(database, engine, ledger, records)

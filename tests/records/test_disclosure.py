@@ -157,13 +157,13 @@ def test_swapped_export_lines_are_caught(exported: Path, chain: Chain) -> None:
 
 
 def test_a_tampered_database_exports_its_tampering(
-    chain: Chain, sessions: sessionmaker[Session]
+    chain: Chain, sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    tamper(chain.path, "UPDATE access_records SET requester = 'org.spy' WHERE seq = 9")
+    tamper(chain.engine, "UPDATE access_records SET requester = 'org.spy' WHERE seq = 9")
     out = io.StringIO()
     with sessions() as session:
         export_jsonl(session, LEDGER, out)
-    path = chain.path.with_suffix(".jsonl")
+    path = tmp_path / "tampered.jsonl"
     path.write_text(out.getvalue(), encoding="utf-8")
     report = verify_jsonl(path, chain.keys)
     assert report.problem is not None

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import timedelta
 
 import pytest
 from nacl.signing import SigningKey
+from sqlalchemy import text
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
 from linkage.db import unit_of_work
@@ -21,9 +22,9 @@ from .conftest import KEY_ID, LEDGER, START, Chain
     [
         "UPDATE access_records SET subject = 'X' WHERE seq = 30",
         "DELETE FROM access_records WHERE seq = 50",
-        "UPDATE access_record_checkpoints SET hash = x'00' WHERE seq = 20",
+        "UPDATE access_record_checkpoints SET hash = :blob WHERE seq = 20",
         "DELETE FROM access_record_checkpoints",
-        "UPDATE access_record_anchors SET hash = x'00'",
+        "UPDATE access_record_anchors SET hash = :blob",
         "DELETE FROM access_record_anchors",
     ],
 )
@@ -32,24 +33,21 @@ def test_stray_updates_and_deletes_are_refused(
 ) -> None:
     with unit_of_work(sessions) as session:
         purge(session, LEDGER, START + timedelta(seconds=11), signing_key, KEY_ID)
-    conn = sqlite3.connect(chain.path)
-    try:
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            conn.execute(sql)
-    finally:
-        conn.close()
+    params = {"blob": b"\x00"} if ":blob" in sql else {}
+    with pytest.raises(DatabaseError, match="append-only"), chain.engine.begin() as conn:
+        conn.execute(text(sql), params)
 
 
 def test_rows_at_or_below_the_anchor_may_be_deleted(chain: Chain) -> None:
-    conn = sqlite3.connect(chain.path)
-    try:
+    with chain.engine.begin() as conn:
         conn.execute(
-            "INSERT INTO access_record_anchors VALUES (?, 5, zeroblob(32), 0, 'k', zeroblob(64))",
-            (LEDGER,),
+            text(
+                "INSERT INTO access_record_anchors VALUES (:ledger, 5, :hash, 0, 'k', :signature)"
+            ),
+            {"ledger": LEDGER, "hash": bytes(32), "signature": bytes(64)},
         )
-        assert conn.execute("DELETE FROM access_records WHERE seq <= 5").rowcount == 5
-    finally:
-        conn.close()
+        deleted = conn.execute(text("DELETE FROM access_records WHERE seq <= 5"))
+        assert deleted.rowcount == 5
 
 
 def test_guards_are_available_to_migrations_for_both_databases() -> None:

@@ -27,7 +27,7 @@ def test_appended_records_are_numbered_from_one_without_gaps(
 
 
 def test_each_hash_covers_the_previous_hash_and_the_entry_bytes(chain: Chain) -> None:
-    rows = query(chain.path, "SELECT seq, prev_hash, hash FROM access_records ORDER BY seq")
+    rows = query(chain.engine, "SELECT seq, prev_hash, hash FROM access_records ORDER BY seq")
     prev = GENESIS_HASH
     for (seq, stored_prev, stored), record in zip(rows, chain.records, strict=True):
         assert stored_prev == prev
@@ -56,7 +56,7 @@ def test_a_rolled_back_business_transaction_leaves_no_record_and_no_gap(
 
 
 def test_a_checkpoint_is_signed_every_n_records(chain: Chain) -> None:
-    seqs = query(chain.path, "SELECT seq FROM access_record_checkpoints ORDER BY seq")
+    seqs = query(chain.engine, "SELECT seq FROM access_record_checkpoints ORDER BY seq")
     assert seqs == [(10,), (20,), (30,), (40,), (50,)]
 
 

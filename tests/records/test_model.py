@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 from sqlalchemy import Engine, select
 
-from linkage.db import Base, make_engine, session_factory, sqlite_url, unit_of_work
+from linkage.db import session_factory, unit_of_work
 from linkage.records.disclosure import disclose
 from linkage.records.ledger import Ledger
 from linkage.records.model import (
@@ -27,7 +27,7 @@ from linkage.records.model import (
     entry_bytes,
     reseq_entry,
 )
-from linkage.records.models import RECORDS, TABLES, entry_bytes_sql
+from linkage.records.models import RECORDS, entry_bytes_sql
 
 from .conftest import make_record
 
@@ -112,15 +112,6 @@ def test_records_that_would_break_the_encoding_or_hold_a_my_number_are_refused(
 # -- the SQL that rebuilds the bytes must agree with the Python encoder ------------------------
 
 
-@pytest.fixture(scope="module")
-def module_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    """One ledger database for the property test (hypothesis runs many examples on it)."""
-    engine = make_engine(sqlite_url(tmp_path_factory.mktemp("model") / "records.db"))
-    Base.metadata.create_all(engine, tables=list(TABLES))
-    yield engine
-    engine.dispose()
-
-
 _TEXT = st.text(
     alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=30
 )  # any printable text, Japanese included
@@ -146,18 +137,23 @@ _RECORDS = st.builds(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=None,
+    # One database for all examples of a run: the ledger simply grows.
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(record=_RECORDS)
 def test_database_rebuilds_exactly_the_bytes_that_were_hashed(
-    module_engine: Engine, record: AccessRecord
+    engine: Engine, record: AccessRecord
 ) -> None:
     ledger = Ledger(SigningKey(bytes(32)), "k")
-    sessions = session_factory(module_engine)
+    sessions = session_factory(engine)
     with unit_of_work(sessions) as session:
         seq = ledger.append(session, record)
-    with module_engine.connect() as conn:
+    with engine.connect() as conn:
         body, prev, stored = conn.execute(
-            select(entry_bytes_sql("sqlite"), RECORDS.c.prev_hash, RECORDS.c.hash).where(
+            select(entry_bytes_sql(conn.dialect.name), RECORDS.c.prev_hash, RECORDS.c.hash).where(
                 RECORDS.c.ledger == record.ledger, RECORDS.c.seq == seq
             )
         ).one()
@@ -171,3 +167,156 @@ def test_database_rebuilds_exactly_the_bytes_that_were_hashed(
 
 def test_make_record_subjects_are_unified_numbers_not_individual_numbers() -> None:
     assert not make_record(1).subject.isdigit()
+
+
+# -- the fast constructor keeps every rule ----------------------------------------------------
+
+
+def _reference_refuses(texts: dict[str, str], items: tuple[str, ...]) -> bool:
+    """The rules as first written (regexes over every field): the fast path must agree."""
+    ledger, subject, reason = texts["ledger"], texts["subject"], texts["reason"]
+    return (
+        not 0 < len(ledger) <= 64
+        or any(re.search(r"[\x00-\x1f\x7f]", t) for t in [*texts.values(), *items])
+        or any(not item or "," in item for item in items)
+        or re.fullmatch(r"(?:[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*)?", reason) is None
+        or re.fullmatch(r"[0-9]{12}", subject) is not None
+    )
+
+
+_TEXT_NAMES = (
+    "ledger",
+    "actor_id",
+    "procedure",
+    "requester",
+    "provider",
+    "subject",
+    "permit_id",
+    "query_id",
+    "reason",
+)
+
+# Characters that isprintable() rejects although the format allows them, and ones it forbids.
+_TRICKY = st.sampled_from(
+    ["\u3000", "\u00a0", "\u200b", "\u2028", "\x85", "\x1f", "\x00", "\x7f", "\n", ",", "１", "7"]
+)
+_ANY_TEXT = st.one_of(
+    _TEXT, st.lists(st.one_of(_TRICKY, st.characters()), max_size=14).map("".join)
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    texts=st.fixed_dictionaries({name: _ANY_TEXT for name in _TEXT_NAMES}),
+    subject_digits=st.sampled_from(["", "123456789012", "１２３４５６７８９０１２", "12345678901"]),
+    data_items=st.lists(_ANY_TEXT, max_size=3).map(tuple),
+    reason=st.one_of(st.sampled_from(["", "NO_PERMIT", "A_1", "a", "_X", "X__Y"]), _ANY_TEXT),
+)
+def test_the_fast_constructor_refuses_exactly_what_the_rules_refuse(
+    texts: dict[str, str], subject_digits: str, data_items: tuple[str, ...], reason: str
+) -> None:
+    fields = {**texts, "subject": subject_digits or texts["subject"], "reason": reason}
+    refused = _reference_refuses(fields, data_items)
+    try:
+        AccessRecord(
+            occurred_at=GOLDEN.occurred_at,
+            event=RecordEvent.PROVIDED,
+            actor_kind=ActorKind.SYSTEM,
+            outcome=Outcome.OK,
+            data_items=data_items,
+            **fields,
+        )
+    except ValueError:
+        assert refused, (fields, data_items)
+    else:
+        assert not refused, (fields, data_items)
+
+
+class _Text(str):
+    """A str subclass, as some libraries hand out."""
+
+
+def test_str_subclasses_and_non_printable_but_allowed_characters_are_accepted() -> None:
+    record = dataclasses.replace(
+        GOLDEN,
+        actor_id=_Text("org.city"),
+        procedure="大阪\u3000府",
+        subject="U\u00a01",
+        data_items=[_Text("a")],  # type: ignore[arg-type]
+    )
+    assert record.actor_id == "org.city"
+    assert type(record.actor_id) is str  # only the text is kept
+    assert type(record.data_items) is tuple
+    assert type(record.data_items[0]) is str
+    assert record.procedure == "大阪\u3000府"
+
+
+class _Liar(str):
+    """A str subclass that answers every check as a clean value would, and hashes as one."""
+
+    def isprintable(self) -> bool:
+        return True
+
+    def __contains__(self, _key: object) -> bool:
+        return False
+
+    def __format__(self, _spec: str) -> str:
+        return "clean"
+
+    def __str__(self) -> str:
+        return "clean"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"actor_id": _Liar("org\x1fcity")}, "control characters"),
+        ({"data_items": (_Liar("a,b"),)}, "comma"),
+    ],
+)
+def test_a_str_subclass_cannot_talk_its_way_past_the_checks(
+    change: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(GOLDEN, **change)  # type: ignore[arg-type]
+
+
+def test_a_str_subclass_is_hashed_and_stored_as_the_text_it_holds() -> None:
+    record = dataclasses.replace(GOLDEN, actor_id=_Liar("org.city-27140"))
+    assert entry_bytes(1, record) == entry_bytes(1, GOLDEN)
+
+
+@pytest.mark.parametrize("name", ["actor_id", "subject", "reason"])
+def test_a_text_field_that_is_not_a_string_is_refused(name: str) -> None:
+    with pytest.raises(TypeError, match="must be str"):
+        dataclasses.replace(GOLDEN, **{name: 12})  # type: ignore[arg-type]
+
+
+def test_an_unhashable_enum_value_is_refused_like_the_enum_refuses_it() -> None:
+    with pytest.raises(ValueError, match="not a valid Outcome"):
+        dataclasses.replace(GOLDEN, outcome=["OK"])  # type: ignore[arg-type]
+
+
+def test_records_keep_exact_members_and_times_as_given() -> None:
+    assert GOLDEN.event is RecordEvent.PROVIDED
+    assert GOLDEN.occurred_at.tzinfo is UTC
+    assert GOLDEN.occurred_at_us == 1775001600123456
+    assert hash(GOLDEN) == hash(dataclasses.replace(GOLDEN))
+
+
+def test_the_reason_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from linkage.records import model
+
+    monkeypatch.setattr(model, "_KNOWN_REASONS", set())
+    monkeypatch.setattr(model, "_KNOWN_REASONS_MAX", 3)
+    for n in range(10):
+        dataclasses.replace(GOLDEN, reason=f"REASON_{n}")
+    assert len(model._KNOWN_REASONS) == 3
+    with pytest.raises(ValueError, match="UPPER_SNAKE"):
+        dataclasses.replace(GOLDEN, reason="REASON_X y")
+
+
+def test_the_registry_can_record_a_serial_issued() -> None:
+    record = dataclasses.replace(GOLDEN, event="SERIAL_ISSUED")  # type: ignore[arg-type]
+    assert record.event is RecordEvent.SERIAL_ISSUED
+    assert b"\x1fSERIAL_ISSUED\x1f" in entry_bytes(1, record)

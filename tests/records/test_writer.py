@@ -41,19 +41,19 @@ async def test_concurrent_appends_form_one_contiguous_chain(
 
 
 async def test_appends_are_committed_in_few_transactions(
-    writer: RecordWriter, db_path: Path
+    writer: RecordWriter, engine: Engine
 ) -> None:
     await asyncio.gather(*(writer.append(make_record(i)) for i in range(3000)))
     # checkpoint_every=10 signs once per commit at most: one checkpoint row per transaction.
-    ((checkpoints,),) = query(db_path, "SELECT count(*) FROM access_record_checkpoints")
+    ((checkpoints,),) = query(engine, "SELECT count(*) FROM access_record_checkpoints")
     assert checkpoints <= 10
 
 
 async def test_an_append_returns_only_once_the_record_is_committed(
-    writer: RecordWriter, db_path: Path
+    writer: RecordWriter, engine: Engine
 ) -> None:
     seq = await writer.append(make_record(1))
-    assert query(db_path, "SELECT seq FROM access_records") == [(seq,)]
+    assert query(engine, "SELECT seq FROM access_records") == [(seq,)]
 
 
 async def test_append_many_keeps_its_records_together_and_in_order(writer: RecordWriter) -> None:
@@ -89,13 +89,13 @@ async def test_close_flushes_and_signs_the_tail(
 
 
 async def test_flush_waits_for_everything_appended_before(
-    writer: RecordWriter, db_path: Path
+    writer: RecordWriter, engine: Engine
 ) -> None:
     pending = [asyncio.ensure_future(writer.append(make_record(i))) for i in range(20)]
     await asyncio.sleep(0)
     await writer.flush()
     assert all(p.done() for p in pending)
-    assert query(db_path, "SELECT count(*) FROM access_records") == [(20,)]
+    assert query(engine, "SELECT count(*) FROM access_records") == [(20,)]
 
 
 async def test_a_closed_writer_refuses_appends(writer: RecordWriter) -> None:
@@ -139,13 +139,13 @@ async def test_an_idle_writer_signs_a_checkpoint_after_the_interval(
 
 
 async def test_two_replicas_on_one_database_append_to_one_verifying_chain(
-    db_path: Path, engine: Engine, signing_key: SigningKey
+    database: str, engine: Engine, signing_key: SigningKey
 ) -> None:
-    # Two engines on one SQLite file, each with its own writer and key, as two replicas.
+    # Two engines on one database, each with its own writer and key, as two replicas.
     other_key = SigningKey.generate()
     replicas = [
         (Ledger(signing_key, KEY_ID, checkpoint_every=50), engine),
-        (Ledger(other_key, "replica-2", checkpoint_every=50), make_engine(sqlite_url(db_path))),
+        (Ledger(other_key, "replica-2", checkpoint_every=50), make_engine(database)),
     ]
     writers = [RecordWriter(ledger, session_factory(e), max_batch=200) for ledger, e in replicas]
 
@@ -163,9 +163,7 @@ async def test_two_replicas_on_one_database_append_to_one_verifying_chain(
     report = verify(engine, LEDGER, keys)
     assert report.ok, report.describe()
     assert report.records_checked == 4000
-    signers = {
-        k for (k,) in query(db_path, "SELECT DISTINCT key_id FROM access_record_checkpoints")
-    }
+    signers = {k for (k,) in query(engine, "SELECT DISTINCT key_id FROM access_record_checkpoints")}
     assert signers == {KEY_ID, "replica-2"}
 
 
