@@ -75,6 +75,10 @@ _PROCEDURE = re.compile(r"[a-z0-9][a-z0-9:_-]{0,63}")
 _SYSTEM = re.compile(r"[A-Za-z0-9._:-]{0,128}")
 
 
+# Attempts to admit a batch when other replicas insert the same query ids concurrently.
+_ADMIT_ATTEMPTS = 5
+
+
 @dataclass(frozen=True, slots=True)
 class Spec:
     """A validated query as a business system asked it."""
@@ -486,11 +490,15 @@ class Requester:
     # --- admission -----------------------------------------------------------------------------
 
     def _admit_with_retry(self, tenant: str, specs: Sequence[Spec]) -> _Admission:
-        try:
-            return self._admit(tenant, specs)
-        except IntegrityError:
-            # Another replica inserted one of these query ids first: now it exists.
-            return self._admit(tenant, specs)
+        # Another replica may insert some of these query ids between our read and our insert;
+        # re-reading then finds them as existing. With several replicas racing on one batch
+        # that can happen more than once, so retry a few times before giving up.
+        for _ in range(_ADMIT_ATTEMPTS - 1):
+            try:
+                return self._admit(tenant, specs)
+            except IntegrityError:
+                continue
+        return self._admit(tenant, specs)
 
     def _admit(self, tenant: str, specs: Sequence[Spec]) -> _Admission:
         """Insert new queries (one transaction) and sort every spec: answer now, send, wait."""
