@@ -21,7 +21,6 @@ from datetime import datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from linkage import crypto
-from linkage.db import unit_of_work
 from linkage.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -103,7 +102,7 @@ class Review:
         self, tenant: Tenant, limit: int, after: tuple[datetime, str] | None, staff_id: str
     ) -> tuple[list[HeldView], bool]:
         now = self._clock()
-        with unit_of_work(self._sessions) as session:
+        with repo.tenant_unit_of_work(self._sessions, tenant.code) as session:
             rows = repo.held_page(session, tenant.code, state=HELD, after=after, limit=limit + 1)
             more = len(rows) > limit
             views = [self._view(session, tenant, row) for row in rows[:limit]]
@@ -172,7 +171,7 @@ class Review:
         self, tenant: Tenant, permit_id: str, staff_id: str, decision: str, reason: str
     ) -> common_pb2.SignedEnvelope:
         now = self._clock()
-        with unit_of_work(self._sessions) as session:
+        with repo.tenant_unit_of_work(self._sessions, tenant.code) as session:
             row = repo.held(session, tenant.code, permit_id)
             if row is None:
                 raise NotFound("HELD_PROVISION_NOT_FOUND", "no such held provision")
@@ -282,7 +281,7 @@ class Review:
         return delivered
 
     def _note(self, tenant: str, permit_id: str, delivered: bool) -> None:
-        with unit_of_work(self._sessions) as session:
+        with repo.tenant_unit_of_work(self._sessions, tenant) as session:
             repo.note_delivery(session, tenant, permit_id, delivered)
 
     async def redeliver(self, limit: int = 100) -> int:
@@ -296,7 +295,8 @@ class Review:
         return delivered
 
     def _undelivered(self, limit: int) -> list[tuple[str, str, bytes]]:
-        with unit_of_work(self._sessions) as session:
+        # The platform's retry job, across its tenants (each answer is already signed and sealed).
+        with repo.platform_unit_of_work(self._sessions) as session:
             rows = repo.undelivered(session, limit)
             return [
                 (row.tenant, row.permit_id, row.answer_batch)

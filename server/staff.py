@@ -29,7 +29,6 @@ from enum import StrEnum
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from linkage.db import unit_of_work
 from linkage.errors import (
     AlreadyExists,
     FieldViolation,
@@ -41,8 +40,9 @@ from linkage.errors import (
 )
 from linkage.logs import get_logger
 from linkage.records.model import AccessRecord, ActorKind, Outcome, RecordEvent
+from server import repository as repo
 from server import staff_store as store
-from server.models import StaffSessionRow
+from server.models import StaffAccountRow, StaffSessionRow
 from server.passwords import (
     MAX_LENGTH,
     ScryptParams,
@@ -344,7 +344,7 @@ class Staff:
         session_digest: bytes | None,
     ) -> str:
         now = self._clock()
-        with unit_of_work(self._sessions) as session:
+        with repo.tenant_unit_of_work(self._sessions, tenant) as session:
             inserted = store.add_account(
                 session,
                 {
@@ -412,7 +412,7 @@ class Staff:
     def _before_sign_in(self, tenant: str, username: str, operation: str = SIGN_IN) -> str | None:
         """The stored hash (None for an unknown user); RESOURCE_EXHAUSTED while locked."""
         now = self._clock()
-        with unit_of_work(self._sessions) as session:
+        with repo.tenant_unit_of_work(self._sessions, tenant) as session:
             locked = self._lock_error(session, tenant, username, now)
             if locked is None:
                 account = store.account(session, tenant, username)
@@ -439,7 +439,7 @@ class Staff:
         self, tenant: str, username: str, matched: bool, stored: str | None, rehash: str | None
     ) -> SignedIn | LinkageError:
         now = self._clock()
-        with unit_of_work(self._sessions) as session:
+        with repo.tenant_unit_of_work(self._sessions, tenant) as session:
             if not matched:
                 return self._count_failure(session, tenant, username, now, SIGN_IN)
             account = store.account(session, tenant, username)
@@ -500,7 +500,7 @@ class Staff:
         self, tenant: str, token: str, operation: str, role: Role | None, changing: bool
     ) -> Actor:
         now = self._clock()
-        with unit_of_work(self._sessions) as session:
+        with repo.tenant_unit_of_work(self._sessions, tenant) as session:
             checked = self._check_session(session, tenant, token, operation, role, changing, now)
             if isinstance(checked, Actor):
                 return checked
@@ -524,6 +524,8 @@ class Staff:
             )
         digest = token_digest(token)
         found = store.session_with_account(session, digest)
+        if found is None:
+            found = self._session_of_another_tenant(digest)
         error: LinkageError
         if found is None:
             error = Unauthenticated("INVALID_SESSION", "the session is unknown or has ended")
@@ -553,6 +555,18 @@ class Staff:
             return self._denied(tenant, now, row.username, operation, error)
         return Actor(tenant, row.username, roles, digest)
 
+    def _session_of_another_tenant(
+        self, digest: bytes
+    ) -> tuple[StaffSessionRow, StaffAccountRow | None] | None:
+        """The session with this digest whatever its tenant, looked up outside the console's
+        tenant binding. Row-level security (PostgreSQL) hides another tenant's session from the
+        console's own transaction, yet a token presented at the wrong console must be reported
+        as TENANT_MISMATCH (recorded in both ledgers), not as an unknown session: so this one
+        read-only lookup, by the unguessable token digest alone, runs across tenants. Its result
+        is used only to refuse. (On SQLite the tenant transaction already sees every row.)"""
+        with repo.platform_unit_of_work(self._sessions) as session:
+            return store.session_with_account(session, digest)
+
     async def record_operation(
         self, actor: Actor, operation: str, *, failure: LinkageError | None = None
     ) -> None:
@@ -561,7 +575,7 @@ class Staff:
 
     def _record_operation(self, actor: Actor, operation: str, failure: LinkageError | None) -> None:
         now = self._clock()
-        with unit_of_work(self._sessions) as session:
+        with repo.tenant_unit_of_work(self._sessions, actor.tenant) as session:
             store.touch_session(session, actor.tenant, actor.session_digest, now)
             self._recorder.append(
                 session,
@@ -599,7 +613,7 @@ class Staff:
 
     def _sign_out(self, tenant: str, token: str) -> None:
         now = self._clock()
-        with unit_of_work(self._sessions) as session:
+        with repo.tenant_unit_of_work(self._sessions, tenant) as session:
             checked = self._check_session(session, tenant, token, SIGN_OUT, None, True, now)
             if isinstance(checked, Actor):
                 store.delete_session(session, tenant, checked.session_digest)
@@ -637,12 +651,12 @@ class Staff:
 
     def _wrong_current(self, actor: Actor) -> LinkageError:
         now = self._clock()
-        with unit_of_work(self._sessions) as session:
+        with repo.tenant_unit_of_work(self._sessions, actor.tenant) as session:
             return self._count_failure(session, actor.tenant, actor.username, now, CHANGE_PASSWORD)
 
     def _store_password(self, actor: Actor, password_hash: str) -> None:
         now = self._clock()
-        with unit_of_work(self._sessions) as session:
+        with repo.tenant_unit_of_work(self._sessions, actor.tenant) as session:
             store.set_password(
                 session,
                 actor.tenant,

@@ -14,11 +14,13 @@ from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from server_support import ALPHA, QS, World, bearer, pb, pension, pension_query, remote
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.sql.elements import TextClause
 
+from linkage.v1 import review_pb2, staff_pb2
 from server import repository as repo
 from tests.conftest import BACKEND, POSTGRES_BASE, DatabaseUrl
 
@@ -52,11 +54,9 @@ def _schema_of(url: str) -> str:
     return options.removeprefix("-csearch_path=")
 
 
-@pytest.fixture
-def app_engine(database_url: DatabaseUrl) -> Iterator[Engine]:
-    """An engine connected as ``linkage_app`` (owner of a migrated schema), with one code each
-    for tenants "a" and "b" written by the superuser."""
-    url = database_url("rls")
+def _as_app_role(url: str) -> str:
+    """Make ``linkage_app`` the owner of every table of ``url``'s (migrated) schema; the URL of
+    the same schema connecting as ``linkage_app``."""
     schema = _schema_of(url)
     admin = create_engine(url)
     with admin.begin() as connection:
@@ -67,15 +67,29 @@ def app_engine(database_url: DatabaseUrl) -> Iterator[Engine]:
             )
         )
         connection.execute(text(f'GRANT USAGE ON SCHEMA "{schema}" TO {APP_ROLE}'))
-        for table in TABLES:
-            connection.execute(text(f'ALTER TABLE "{schema}".{table} OWNER TO {APP_ROLE}'))
+        tables = connection.execute(
+            text("SELECT tablename FROM pg_tables WHERE schemaname = :s"), {"s": schema}
+        ).scalars()
+        for table in list(tables):
+            connection.execute(text(f'ALTER TABLE "{schema}"."{table}" OWNER TO {APP_ROLE}'))
+    admin.dispose()
+    user_url = POSTGRES_BASE.replace("//postgres@", f"//{APP_ROLE}@", 1)
+    assert user_url != POSTGRES_BASE, "LINKAGE_TEST_POSTGRES_URL must name the user postgres"
+    return f"{user_url}?options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture
+def app_engine(database_url: DatabaseUrl) -> Iterator[Engine]:
+    """An engine connected as ``linkage_app`` (owner of a migrated schema), with one code each
+    for tenants "a" and "b" written by the superuser."""
+    url = database_url("rls")
+    admin = create_engine(url)
+    with admin.begin() as connection:
         at = datetime(2026, 6, 1, tzinfo=UTC)
         for tenant in ("a", "b"):
             connection.execute(INSERT_CODE, {"t": tenant, "u": f"U-{tenant}", "c": "C", "at": at})
     admin.dispose()
-    user_url = POSTGRES_BASE.replace("//postgres@", f"//{APP_ROLE}@", 1)
-    assert user_url != POSTGRES_BASE, "LINKAGE_TEST_POSTGRES_URL must name the user postgres"
-    engine = create_engine(f"{user_url}?options=-csearch_path%3D{schema}")
+    engine = create_engine(_as_app_role(url))
     with engine.connect() as connection:
         assert connection.execute(text("SELECT current_user")).scalar() == APP_ROLE
     try:
@@ -181,3 +195,56 @@ def test_the_repositorys_units_of_work_bind_one_tenant_or_the_platform(
     assert tenants == ["a", "b"]
     with pytest.raises(ValueError, match="one tenant"), repo.tenant_unit_of_work(sessions, "*"):
         pass
+
+
+async def test_a_platform_connected_as_the_app_role_serves_query_review_and_staff(
+    bare_world: World,
+) -> None:
+    """The whole platform under row-level security: every transaction of a query held for
+    review, the reviewer's sign-in, listing, approval and late delivery, and a session refused
+    at another tenant's console must be bound (an unbound one sees and writes nothing)."""
+    fresh = bare_world.database_url
+    bare_world.database_url = lambda component: _as_app_role(fresh(component))
+    world = bare_world
+    await world.start_platform("alpha", ALPHA)
+    with world.engines["alpha"].connect() as connection:
+        assert connection.execute(text("SELECT current_user")).scalar() == APP_ROLE
+    await world.enroll("sakai", "S-0001", "10101010101")
+    await world.enroll("jps", "J-0001", "10101010101")
+    await world.import_records("jps", [pension("J-0001", amount=1_234_567, flagged=True)])
+    held = await world.submit("sakai", **pension_query("q-1", "S-0001"))
+    assert QS.Name(held.status) == "QUERY_STATUS_HELD_FOR_REVIEW"
+
+    token = await world.signed_in("jps", "hayashi.r", "REVIEWER")
+    review = world.console("jps").review
+    listing = await review.ListHeldProvisions(
+        review_pb2.ListHeldProvisionsRequest(parent="organizations/jps"), metadata=bearer(token)
+    )
+    [target] = listing.held_provisions
+    approved = await review.ApproveHeldProvision(
+        review_pb2.ApproveHeldProvisionRequest(name=target.name), metadata=bearer(token)
+    )
+    assert approved.delivered
+    response = await world.ua("sakai").GetQueryResult(
+        pb.GetQueryResultRequest(name="organizations/sakai/queries/q-1")
+    )
+    assert QS.Name(response.result.status) == "QUERY_STATUS_PROVIDED"
+    assert response.result.values[0].content.pension_benefit.annual_amount == 1_234_567
+    assert await world.platform_of("jps").review.redeliver() == 0
+
+    # jps's session presented at sakai's console: found across tenants, refused as a mismatch.
+    error = await remote(
+        world.console("sakai").review.ListHeldProvisions(
+            review_pb2.ListHeldProvisionsRequest(parent="organizations/sakai"),
+            metadata=bearer(token),
+        )
+    )
+    assert (error.code, error.reason) == ("PERMISSION_DENIED", "TENANT_MISMATCH")
+    await world.console("jps").staff.SignOut(staff_pb2.SignOutRequest(), metadata=bearer(token))
+    ended = await remote(
+        review.ListHeldProvisions(
+            review_pb2.ListHeldProvisionsRequest(parent="organizations/jps"),
+            metadata=bearer(token),
+        )
+    )
+    assert (ended.code, ended.reason) == ("UNAUTHENTICATED", "INVALID_SESSION")
