@@ -9,8 +9,10 @@ on the same machine, warmed up, repeated in rounds and reported as the median ro
   p50/p99 latency. Every echo server runs in its own process (``multiprocessing`` spawn, bound to
   127.0.0.1 port 0, port reported through a pipe), never in the client's;
 - raw ``sqlite3`` ``executemany`` of duplicate rows into a WAL-mode file database (the same
-  pragmas as ``linkage.db``), rows/s;
-- a bare sha256 chain over record bytes (the shape of ``linkage.records.chain_hash``), records/s;
+  pragmas as ``linkage.db``), rows/s; and ``sqlite_copy_floor``: the very rows a gateway
+  measurement stored, re-inserted into the same table definition (the fair floor of an import);
+- a bare sha256 chain over record bytes (the shape of ``linkage.records.chain_hash``),
+  records/s, over synthetic records or over the entry bytes of a real ledger;
 - PyNaCl SealedBox and precomputed Box encryptions/s, Ed25519 signs/s and verifies/s;
 - process memory: peak and current RSS from ``/proc/<pid>/status`` and an RSS sampler.
 
@@ -26,6 +28,7 @@ import cProfile
 import hashlib
 import math
 import multiprocessing
+import os
 import random
 import sqlite3
 import statistics
@@ -47,6 +50,7 @@ __all__ = [
     "RssSampler",
     "RssTrend",
     "cpu_rate",
+    "cpu_seconds",
     "crypto_floors",
     "drive",
     "echo_floor",
@@ -57,6 +61,7 @@ __all__ = [
     "profiled",
     "rss_bytes",
     "sha256_chain_floor",
+    "sqlite_copy_floor",
     "sqlite_insert_floor",
     "synthetic_duplicate_rows",
     "synthetic_records",
@@ -584,6 +589,68 @@ def sqlite_insert_floor(
     )
 
 
+def _table_ddl(connection: sqlite3.Connection, table: str) -> list[str]:
+    """CREATE TABLE, then CREATE INDEX statements of ``table`` (constraints' indexes come with
+    the table)."""
+    query = (
+        "SELECT sql FROM sqlite_master WHERE tbl_name = ? AND sql IS NOT NULL "
+        "AND type IN ('table', 'index') ORDER BY type = 'index', name"
+    )
+    return [sql for (sql,) in connection.execute(query, (table,))]
+
+
+def _copy_round(
+    path: Path, ddl: Sequence[str], table: str, rows: Sequence[tuple[Any, ...]]
+) -> float:
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        for statement in ddl:
+            connection.execute(statement)
+        marks = ", ".join("?" * len(rows[0]))
+        insert = f'INSERT INTO "{table}" VALUES ({marks})'  # noqa: S608 - our own table name
+        start = time.perf_counter()
+        connection.execute("BEGIN")
+        connection.executemany(insert, rows)
+        connection.execute("COMMIT")
+        return len(rows) / (time.perf_counter() - start)
+    finally:
+        connection.close()
+
+
+def sqlite_copy_floor(source: Path, table: str, work_dir: Path, *, rounds: int = 3) -> FloorResult:
+    """rows/s of raw ``executemany`` of exactly the rows of ``table`` in the SQLite file
+    ``source``, into a fresh WAL file with the same table and indexes, in one transaction per
+    round (as an import commits). Key ``sqlite_same_rows_per_s``."""
+    connection = sqlite3.connect(source)
+    try:
+        ddl = _table_ddl(connection, table)
+        query = f'SELECT * FROM "{table}"'  # noqa: S608 - a table name from sqlite_master
+        rows = connection.execute(query).fetchall() if ddl else []
+    finally:
+        connection.close()
+    if not rows:
+        raise ValueError(f"no table {table!r} with rows in {source}")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    _copy_round(work_dir / "copy-warmup.sqlite", ddl, table, rows[: max(1, len(rows) // 10)])
+    rates = [
+        _copy_round(work_dir / f"copy{index}.sqlite", ddl, table, rows) for index in range(rounds)
+    ]
+    params = {
+        "rows": len(rows),
+        "columns": len(rows[0]),
+        "table": table,
+        "indexes": len(ddl) - 1,
+        "transaction": "one per round",
+        "journal_mode": "WAL",
+        "synchronous": "NORMAL",
+    }
+    return FloorResult(
+        "sqlite_same_rows_per_s", "rows/s", statistics.median(rates), tuple(rates), params=params
+    )
+
+
 def synthetic_records(count: int, *, size: int = 300, seed: int = 0) -> list[bytes]:
     """``count`` pseudo-random records of ``size`` bytes (an access record body is ~300)."""
     rng = random.Random(seed)
@@ -591,7 +658,11 @@ def synthetic_records(count: int, *, size: int = 300, seed: int = 0) -> list[byt
 
 
 def sha256_chain_floor(
-    records: Sequence[bytes] | None = None, *, rounds: int = 3, default_count: int = 50_000
+    records: Sequence[bytes] | None = None,
+    *,
+    rounds: int = 3,
+    default_count: int = 50_000,
+    key: str = "sha256_chain_records_per_s",
 ) -> FloorResult:
     """records/s of ``h = sha256(h || record)`` over ``records`` (the access-record chain)."""
     records = records if records is not None else synthetic_records(default_count)
@@ -605,9 +676,7 @@ def sha256_chain_floor(
 
     value, rates = cpu_rate(chain, len(records), rounds)
     params = {"records": len(records), "mean_record_bytes": _mean_len(records)}
-    return FloorResult(
-        "sha256_chain_records_per_s", "records/s", value, tuple(rates), params=params
-    )
+    return FloorResult(key, "records/s", value, tuple(rates), params=params)
 
 
 def _mean_len(values: Sequence[bytes]) -> float:
@@ -671,6 +740,13 @@ def _status_kib(pid: int | None, field_name: str) -> int:
     raise LookupError(f"{field_name} not in {path}")
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system, all threads) ``pid`` (default: this process) has used, in s."""
+    stat = Path(f"/proc/{pid or 'self'}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is fields[0]
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_bytes(pid: int | None = None) -> int:
     """Peak resident set size (``VmHWM``) of ``pid`` (default: this process), in bytes."""
     return _status_kib(pid, "VmHWM") * 1024
@@ -708,8 +784,12 @@ class RssSampler:
         self._task: asyncio.Task[None] | None = None
         self._started = 0.0
 
+    def elapsed(self) -> float:
+        """Seconds since sampling started (the time axis of ``samples`` and ``trend``)."""
+        return time.monotonic() - self._started
+
     def sample(self) -> None:
-        now = time.monotonic() - self._started
+        now = self.elapsed()
         for pid, series in self.samples.items():
             with contextlib.suppress(OSError, LookupError):
                 series.append((now, rss_bytes(pid)))

@@ -5,9 +5,10 @@ lower being better), ``Figure`` (one line of the report, with ``met`` computed, 
 the text tables, and the JSON document: per figure ``gateway``, ``floor``, ``ratio``,
 ``target``, ``met``; the machine (CPU count and model, Python, date); the raw floor rounds.
 
-``ratio`` is always gateway ÷ floor, so a throughput target reads "≥ 0.25× floor" and a latency
-target "≤ 3× floor". ``met`` is ``None`` (JSON ``null``) only when the value a target needs was
-not measured, e.g. a gateway figure not yet plugged in.
+``ratio`` is always gateway ÷ floor, so a throughput target reads "≥ 2× floor" and a latency
+target "≤ 1.5× floor". ``met`` is ``None`` (JSON ``null``) when the value a target needs was
+not measured, e.g. a gateway figure not yet plugged in, and for a figure that is reported with
+no target (``Target.reported()``: the issue sets none, so none is invented).
 """
 
 from __future__ import annotations
@@ -55,14 +56,24 @@ class Target:
     higher_is_better: bool = True
     relative: bool = True
     unit: str = ""
+    judged: bool = True
+
+    @classmethod
+    def reported(cls, *, higher_is_better: bool = True) -> Target:
+        """No target: the figure is measured and shown beside its floor, never judged."""
+        return cls(0.0, higher_is_better, judged=False)
 
     def describe(self) -> str:
+        if not self.judged:
+            return "reported (no target)"
         sign = "≥" if self.higher_is_better else "≤"
         if self.relative:
             return f"{sign} {self.bound:g}× floor"
         return f"{sign} {_number(self.bound)} {self.unit}".rstrip()
 
     def judge(self, gateway: float | None, ratio: float | None) -> bool | None:
+        if not self.judged:
+            return None
         value = ratio if self.relative else gateway
         return None if value is None else is_met(value, self.bound, self.higher_is_better)
 
@@ -80,6 +91,7 @@ class Figure:
     met: bool | None
     higher_is_better: bool
     notes: str = ""
+    judged: bool = True
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -115,6 +127,7 @@ def figure(
         met=target.judge(gateway, ratio),
         higher_is_better=target.higher_is_better,
         notes=notes,
+        judged=target.judged,
     )
 
 
@@ -156,7 +169,7 @@ def format_table(figures: Sequence[Figure]) -> str:
             _number(f.floor),
             "—" if f.ratio is None else f"{f.ratio:.3f}×",
             f.target,
-            _met(f.met),
+            _met(f.met) if f.judged else "n/a",
         )
         for f in figures
     ]
@@ -254,7 +267,9 @@ def results_document(
             "figures": len(figures),
             "judged": len(judged),
             "met": sum(judged),
-            "not_measured": [f.name for f in figures if f.met is None],
+            "missed": [f.name for f in figures if f.met is False],
+            "not_measured": [f.name for f in figures if f.judged and f.met is None],
+            "reported_only": [f.name for f in figures if not f.judged],
         },
         "figures": {f.name: f.as_json() for f in figures},
         "floor": {key: result.as_json() for key, result in floor.items()},

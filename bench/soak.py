@@ -496,13 +496,14 @@ async def process_world(
             await _all_serving(config.pki_dir, stage, running, logs)
         ports = {p.name: p.port for p in procs}
         await world_cli._register(root, config.pki_dir, base, ports)
-        world_cli._write_manifest(root, config, ports)
+        pids = {name: child.pid for name, child in running.items()}
+        world_cli._write_manifest(root, config, ports, pids)
         yield Servers(
             mode="processes started by the soak",
             root=root,
             pki_dir=config.pki_dir,
             unified_address=_unified_addresses(root),
-            pids={name: child.pid for name, child in running.items()},
+            pids=pids,
         )
     finally:
         await asyncio.to_thread(_stop, running.values())

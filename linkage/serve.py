@@ -34,6 +34,7 @@ REPLICATED = ("server",)  # systems whose state is all in the database
 MIGRATION_LOCK = 0x6C696E6B  # PostgreSQL advisory lock class for migrations ("link")
 REPLICA_START_LIMIT = 60.0  # seconds for the other replicas to report SERVING
 REPLICA_STOP_LIMIT = 15.0  # seconds for a replica to drain after SIGTERM before it is killed
+PARENT_POLL = 1.0  # seconds between looks at whether the parent process is still there
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")  # noqa: S104 — compared, never bound here
 
 
@@ -363,6 +364,7 @@ async def _other_replicas(argv: list[str], args: argparse.Namespace) -> AsyncIte
                     "linkage.cli",
                     "serve",
                     *replica_argv(argv, args, index),
+                    env={**os.environ, "LINKAGE_EXIT_WITH_PARENT": "1"},
                 )
             )
         security = _security(args, _identity(args))
@@ -415,11 +417,28 @@ async def _probe(args: argparse.Namespace, port: int) -> AsyncIterator[None]:
         await probe.stop()
 
 
+async def _until_stopped() -> None:
+    """Until SIGTERM or SIGINT; with ``LINKAGE_EXIT_WITH_PARENT=1`` (set by ``linkage world``
+    for its children) also until the parent process is gone, so that a harness killed outright
+    leaves no server behind."""
+    from linkage.rpc import wait_for_signal
+
+    signalled = asyncio.ensure_future(wait_for_signal())
+    if _env("EXIT_WITH_PARENT") != "1":
+        await signalled
+        return
+    parent = os.getppid()
+    try:
+        while not signalled.done() and os.getppid() == parent:
+            await asyncio.wait({signalled}, timeout=PARENT_POLL)
+    finally:
+        signalled.cancel()
+
+
 async def _serve(args: argparse.Namespace, argv: list[str]) -> None:
     import structlog
 
     from linkage import logs
-    from linkage.rpc import wait_for_signal
 
     logs.configure(json=True)
     structlog.contextvars.bind_contextvars(replica=args.replica_index)
@@ -435,7 +454,7 @@ async def _serve(args: argparse.Namespace, argv: list[str]) -> None:
             if args.port_file:
                 args.port_file.write_text(",".join(str(port) for port in ports))
             log.info("serving", system=args.system, address=app.address, replicas=len(ports))
-            await wait_for_signal()
+            await _until_stopped()
     finally:
         await app.close()  # graceful: health NOT_SERVING, in-flight calls finish
 

@@ -14,7 +14,7 @@ Must never: import grpc; accept an individual number on any method but ``SerialI
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -83,6 +83,14 @@ class IntermediateServer(Protocol):
 
     async def submit_query(self, query: QueryRequest) -> intermediate_server_pb2.QueryResult:
         """Submit one query and return its outcome (idempotent by query id)."""
+        ...
+
+    def stream_queries(
+        self, batches: AsyncIterator[Sequence[QueryRequest]], deadline: float | None = None
+    ) -> AsyncIterator[list[intermediate_server_pb2.QueryResult]]:
+        """Batch queries over one stream: batches in, results out as they complete (any order,
+        one per query sent, idempotent by query id). Ends when ``batches`` ends and every
+        result is out; a failure of the whole stream raises its ``LinkageError``."""
         ...
 
     async def get_query_result(

@@ -7,6 +7,9 @@ event ACCESS_DENIED before PERMISSION_DENIED is raised), translate the system's 
 into unified numbers, namespace its ids by system (``<system>:<id>``) so no two systems can
 touch each other's queries or imports, and record the access with the system's identity.
 
+The batch path (``StreamPersonQueries``) lives in ``unified_address.batch`` and reuses the
+checks, namespacing and records here.
+
 Must never: look a person up before the scope check decides (AIP-131), forward an individual
 number or an address number to the intermediate server, or let one system read another's query.
 """
@@ -40,8 +43,10 @@ __all__ = [
     "authorize",
     "get_query_result",
     "namespaced",
+    "outcome_of",
     "push_duplicates",
     "query_person",
+    "query_record",
 ]
 
 UNKNOWN_ADDRESS_NUMBER = "UNKNOWN_ADDRESS_NUMBER"
@@ -245,7 +250,7 @@ async def query_person(
         # Looked up only to name the person in the record; the caller learns nothing of it.
         link = await runtime.transaction(lambda r: r.link(scope.system, query.address_number))
         subject = (link.unified_number or "") if link is not None else ""
-        denial = _query_record(
+        denial = query_record(
             runtime, actor, scope, query, subject, RecordEvent.ACCESS_DENIED, Outcome.DENIED,
             refusal.reason,
         )  # fmt: skip
@@ -265,7 +270,7 @@ async def query_person(
     try:
         result = await runtime.server.submit_query(request)
     except LinkageError as error:
-        failure = _query_record(
+        failure = query_record(
             runtime, actor, scope, query, subject, RecordEvent.FAILED, Outcome.FAILED,
             upper_snake(error.reason),
         )  # fmt: skip
@@ -319,14 +324,14 @@ def _store_query(
                 submitted_at=runtime.clock(),
             )
         )
-    record = _query_record(
+    record = query_record(
         runtime, actor, scope, query, subject, RecordEvent.QUERY_REQUESTED,
-        _outcome_of(result), upper_snake(result.reason), result.permit_id,
+        outcome_of(result), upper_snake(result.reason), result.permit_id,
     )  # fmt: skip
     runtime.audit.append(repo.session, [record])
 
 
-def _query_record(
+def query_record(
     runtime: Runtime,
     actor: Actor,
     scope: BusinessSystemScope,
@@ -337,6 +342,7 @@ def _query_record(
     reason: str,
     permit_id: str = "",
 ) -> AccessRecord:
+    """The record of one query of a business system, under its namespaced id."""
     return runtime.audit.record(
         actor,
         event,
@@ -351,7 +357,8 @@ def _query_record(
     )
 
 
-def _outcome_of(result: intermediate_server_pb2.QueryResult) -> Outcome:
+def outcome_of(result: intermediate_server_pb2.QueryResult) -> Outcome:
+    """The record outcome of a result's status."""
     return _STATUS_OUTCOME.get(result.status, Outcome.FAILED)
 
 
@@ -381,9 +388,9 @@ async def get_query_result(
             data_items=tuple(known.data_items) if known else (),
             address_number="",
         )
-        entry = _query_record(
+        entry = query_record(
             runtime, actor, scope, query, known.unified_number if known else "",
-            RecordEvent.ANSWER_DELIVERED, _outcome_of(result), upper_snake(result.reason),
+            RecordEvent.ANSWER_DELIVERED, outcome_of(result), upper_snake(result.reason),
             result.permit_id,
         )  # fmt: skip
         runtime.audit.append(repo.session, [entry])

@@ -11,11 +11,13 @@ given sealed tokens and blind indexes only).
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Table, and_, bindparam, or_, select, update
+from sqlalchemy import ColumnElement, Dialect, Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from unified_address.models import CodeState, LinkChange, Person, PersonLink, RelayedQuery
@@ -27,14 +29,22 @@ _CHUNK = 500
 _T = TypeVar("_T")
 
 
-def _table(mapped: type[Person]) -> Table:
+def _table(mapped: type[Person | PersonLink | RelayedQuery]) -> Table:
     table = mapped.__table__
     assert isinstance(table, Table)
     return table
 
 
-# Core table of persons, for executemany updates the ORM would issue one by one.
+# Core tables, for executemany writes and lean reads the ORM would do object by object.
 _PERSONS = _table(Person)
+_LINKS = _table(PersonLink)
+_QUERIES = _table(RelayedQuery)
+
+# What a query needs to know of its subject: unified number (None: awaits a manual link) and
+# the person's linkage-code state (None: no such person row).
+Subject = tuple[str | None, CodeState | None]
+# A relayed query: query id, unified number, procedure, provider, data items.
+RelayedRow = tuple[str, str, str, str, tuple[str, ...]]
 
 
 def _chunks(values: Sequence[_T]) -> Iterator[Sequence[_T]]:
@@ -167,6 +177,24 @@ class Repository:
             found.update((link.address_number, link) for link in self.session.scalars(stmt))
         return found
 
+    def subjects(self, system: str, address_numbers: Collection[str]) -> dict[str, Subject]:
+        """Each known address number's (unified number, code state), one join per chunk: the
+        batch query path translates thousands of address numbers per message."""
+        found: dict[str, Subject] = {}
+        joined = _LINKS.outerjoin(_PERSONS, _LINKS.c.unified_number == _PERSONS.c.unified_number)
+        for chunk in _chunks(sorted(address_numbers)):
+            stmt = (
+                select(_LINKS.c.address_number, _LINKS.c.unified_number, _PERSONS.c.code_state)
+                .select_from(joined)
+                .where(_LINKS.c.system == system, _LINKS.c.address_number.in_(chunk))
+            )
+            for address_number, unified_number, state in self.session.execute(stmt):
+                found[address_number] = (
+                    unified_number,
+                    None if state is None else CodeState(state),
+                )
+        return found
+
     def links_of(self, unified_number: str) -> list[PersonLink]:
         stmt = (
             select(PersonLink)
@@ -207,6 +235,69 @@ class Repository:
 
     def relayed_query(self, system: str, query_id: str) -> RelayedQuery | None:
         return self.session.get(RelayedQuery, (system, query_id))
+
+    def relayed_query_ids(self, system: str, query_ids: Collection[str]) -> set[str]:
+        """Which of these query ids of ``system`` are already relayed."""
+        found: set[str] = set()
+        for chunk in _chunks(sorted(query_ids)):
+            stmt = select(_QUERIES.c.query_id).where(
+                _QUERIES.c.system == system, _QUERIES.c.query_id.in_(chunk)
+            )
+            found.update(self.session.scalars(stmt))
+        return found
+
+    def add_relayed_queries(
+        self, system: str, submitted_at: datetime, rows: Sequence[RelayedRow]
+    ) -> None:
+        """Insert relayed queries of ``system`` submitted at one moment, in one executemany
+        through the driver: the batch path writes thousands per second, and ORM objects or
+        SQLAlchemy's per-row parameter processing cost more than the insert itself. Values are
+        converted to their stored form once per distinct value (data items as the JSON text
+        SQLAlchemy's default serializer writes, which both backends cast to JSON)."""
+        if not rows:
+            return
+        connection = self.session.connection()
+        dialect = connection.dialect
+        at = _bound(_QUERIES.c.submitted_at, dialect, submitted_at)
+        items: dict[tuple[str, ...], str] = {}
+        params = []
+        for query_id, unified_number, procedure, provider, data_items in rows:
+            stored = items.get(data_items)
+            if stored is None:
+                stored = items[data_items] = json.dumps(list(data_items))
+            params.append((system, query_id, unified_number, procedure, provider, stored, at))
+        sql, positional = _insert_sql(dialect)
+        keyed = (
+            params if positional else [dict(zip(_RELAYED_COLUMNS, p, strict=True)) for p in params]
+        )
+        connection.exec_driver_sql(sql, keyed)
+
+
+_RELAYED_COLUMNS = (
+    "system",
+    "query_id",
+    "unified_number",
+    "procedure",
+    "provider",
+    "data_items",
+    "submitted_at",
+)
+
+
+def _bound(column: ColumnElement[Any], dialect: Dialect, value: object) -> object:
+    """``value`` as the driver receives it for ``column`` (the type's bind processing)."""
+    processor = column.type.bind_processor(dialect)
+    return value if processor is None else processor(value)
+
+
+@functools.cache
+def _insert_sql(dialect: Dialect) -> tuple[str, bool]:
+    """The INSERT of relayed queries compiled for ``dialect``, and whether it is positional
+    (then in ``_RELAYED_COLUMNS`` order)."""
+    compiled = insert(_QUERIES).compile(dialect=dialect, column_keys=list(_RELAYED_COLUMNS))
+    if compiled.positional and list(compiled.positiontup or ()) != list(_RELAYED_COLUMNS):
+        raise RuntimeError("unexpected parameter order in the compiled insert")
+    return str(compiled), compiled.positional
 
 
 def _retryable(stale_before: datetime) -> tuple[ColumnElement[bool], ...]:

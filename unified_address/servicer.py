@@ -12,16 +12,16 @@ individual number back in any message or error.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import date
 from typing import Any
 
 import grpc.aio
 
-from linkage.errors import FieldViolation, InvalidArgument
+from linkage.errors import FieldViolation, InvalidArgument, ResourceExhausted
 from linkage.rpc import caller
 from linkage.v1 import unified_address_pb2, unified_address_pb2_grpc
-from unified_address import registration, relay
+from unified_address import batch, registration, relay
 from unified_address.matching import Registration
 from unified_address.models import CodeState
 from unified_address.runtime import Runtime
@@ -78,6 +78,48 @@ def _check_items(v: _Violations, items: Iterable[str], field: str) -> tuple[str,
     for position, item in enumerate(values):
         _check_id(v, _TOKEN, item, f"{field}[{position}]")
     return values
+
+
+def _person_query(
+    request: unified_address_pb2.QueryPersonRequest, reason: str = "INVALID_REQUEST"
+) -> relay.PersonQuery:
+    """The query of a ``QueryPersonRequest``; INVALID_ARGUMENT naming every bad field."""
+    v = _Violations()
+    _check_id(v, _LOCAL_ID, request.query_id, "query_id")
+    _check_id(v, _TOKEN, request.procedure, "procedure")
+    _check_id(v, _ORGANIZATION, request.provider, "provider")
+    items = _check_items(v, request.data_items, "data_items")
+    _check_id(v, _ADDRESS_NUMBER, request.address_number, "address_number")
+    _check_date(v, request.on_date, "on_date")
+    v.raise_if_any(reason)
+    return relay.PersonQuery(
+        query_id=request.query_id,
+        procedure=request.procedure,
+        provider=request.provider,
+        data_items=items,
+        address_number=request.address_number,
+        on_date=request.on_date,
+    )
+
+
+def _incoming(request: unified_address_pb2.QueryPersonRequest) -> batch.Incoming:
+    """A query of a batch: one that fails its field checks is answered FAILED, not raised."""
+    try:
+        return _person_query(request, batch.INVALID_QUERY)
+    except InvalidArgument as error:
+        return batch.Rejected(request.query_id, error.reason)
+
+
+async def _batches(
+    requests: AsyncIterator[unified_address_pb2.StreamPersonQueriesRequest],
+) -> AsyncIterator[list[batch.Incoming]]:
+    async for message in requests:
+        if len(message.queries) > batch.MAX_QUERIES_PER_MESSAGE:
+            raise ResourceExhausted(
+                "MESSAGE_TOO_LARGE",
+                f"a message holds at most {batch.MAX_QUERIES_PER_MESSAGE} queries",
+            )
+        yield [_incoming(query) for query in message.queries]
 
 
 def _check_date(v: _Violations, value: str, field: str) -> None:
@@ -157,24 +199,20 @@ class UnifiedAddressServicer(unified_address_pb2_grpc.UnifiedAddressServiceServi
         self, request: unified_address_pb2.QueryPersonRequest, context: Context
     ) -> unified_address_pb2.QueryPersonResponse:
         scope = await relay.authorize(self._runtime, caller())
-        v = _Violations()
-        _check_id(v, _LOCAL_ID, request.query_id, "query_id")
-        _check_id(v, _TOKEN, request.procedure, "procedure")
-        _check_id(v, _ORGANIZATION, request.provider, "provider")
-        items = _check_items(v, request.data_items, "data_items")
-        _check_id(v, _ADDRESS_NUMBER, request.address_number, "address_number")
-        _check_date(v, request.on_date, "on_date")
-        v.raise_if_any()
-        query = relay.PersonQuery(
-            query_id=request.query_id,
-            procedure=request.procedure,
-            provider=request.provider,
-            data_items=items,
-            address_number=request.address_number,
-            on_date=request.on_date,
-        )
-        result = await relay.query_person(self._runtime, scope, query)
+        result = await relay.query_person(self._runtime, scope, _person_query(request))
         return unified_address_pb2.QueryPersonResponse(result=result)
+
+    async def StreamPersonQueries(  # noqa: N802 - the gRPC method name
+        self,
+        request_iterator: AsyncIterator[unified_address_pb2.StreamPersonQueriesRequest],
+        context: Context,
+    ) -> AsyncIterator[unified_address_pb2.StreamPersonQueriesResponse]:
+        scope = await relay.authorize(self._runtime, caller())
+        results = batch.stream_person_queries(
+            self._runtime, scope, _batches(request_iterator), deadline=context.time_remaining()
+        )
+        async for chunk in results:
+            yield unified_address_pb2.StreamPersonQueriesResponse(results=chunk)
 
     async def GetPersonQueryResult(  # noqa: N802 - the gRPC method name
         self, request: unified_address_pb2.GetPersonQueryResultRequest, context: Context
@@ -182,7 +220,8 @@ class UnifiedAddressServicer(unified_address_pb2_grpc.UnifiedAddressServiceServi
         scope = await relay.authorize(self._runtime, caller())
         v = _Violations()
         _check_id(v, _LOCAL_ID, request.query_id, "query_id")
-        wait = request.wait.ToTimedelta().total_seconds()
+        # Not ToTimedelta(): a hostile Duration of 2**63 seconds would overflow it (INTERNAL).
+        wait = request.wait.seconds + request.wait.nanos / 1e9
         v.check(0 <= wait <= MAX_WAIT_SECONDS, "wait", f"must be 0..{MAX_WAIT_SECONDS:g} seconds")
         v.raise_if_any()
         result = await relay.get_query_result(self._runtime, scope, request.query_id, wait)

@@ -2,10 +2,11 @@
 
 Owns the wire side of the ports: the resident registry (``IssueProcessingSerial``) and the
 organization's tenant at the intermediate server (``AcquireLinkageCode``, ``ImportDuplicates``,
-``SubmitQuery``, ``GetQueryResult``), all as ``ua.<org>`` over mutual TLS, each call with a
-deadline. A failed call becomes the ``LinkageError`` subclass of its status code carrying the
-upstream's reason and field violations, so the domain sees one error type and a business
-system sees the upstream's own reason.
+``SubmitQuery``, ``StreamQueries``, ``GetQueryResult``), all as ``ua.<org>`` over mutual TLS,
+each call with a deadline (a batch stream: the caller's, if any). A failed call becomes the
+``LinkageError`` subclass of its status code carrying the upstream's reason and field
+violations, so the domain sees one error type and a business system sees the upstream's own
+reason.
 
 Must never: put an individual number in any message but ``IssueProcessingSerialRequest``, or
 let a transport error escape as anything but a ``LinkageError``.
@@ -57,6 +58,19 @@ def translate(error: grpc.RpcError, upstream: str) -> errors.LinkageError:
         f"{upstream}: {remote.message}" if remote.message else f"{upstream} failed",
         metadata={**remote.metadata, "upstream": upstream},
         violations=remote.violations,
+    )
+
+
+def _spec(query: QueryRequest) -> intermediate_server_pb2.QuerySpec:
+    return intermediate_server_pb2.QuerySpec(
+        query_id=query.query_id,
+        requester_capacity=query.requester_capacity,
+        procedure=query.procedure,
+        provider=query.provider,
+        data_items=query.data_items,
+        unified_number=query.unified_number,
+        on_date=query.on_date,
+        business_system=query.business_system,
     )
 
 
@@ -123,23 +137,34 @@ class GrpcIntermediateServer:
 
     async def submit_query(self, query: QueryRequest) -> intermediate_server_pb2.QueryResult:
         request = intermediate_server_pb2.SubmitQueryRequest(
-            parent=self._parent,
-            query=intermediate_server_pb2.QuerySpec(
-                query_id=query.query_id,
-                requester_capacity=query.requester_capacity,
-                procedure=query.procedure,
-                provider=query.provider,
-                data_items=query.data_items,
-                unified_number=query.unified_number,
-                on_date=query.on_date,
-                business_system=query.business_system,
-            ),
+            parent=self._parent, query=_spec(query)
         )
         try:
             response = await self._stub.SubmitQuery(request, timeout=self._timeout)
         except grpc.RpcError as error:
             raise translate(error, "intermediate server") from None
         return response.result
+
+    async def stream_queries(
+        self, batches: AsyncIterator[Sequence[QueryRequest]], deadline: float | None = None
+    ) -> AsyncIterator[list[intermediate_server_pb2.QueryResult]]:
+        """``StreamQueries``: no deadline of its own (a batch runs as long as it needs) unless
+        ``deadline`` (seconds) is given, say the business system's own."""
+
+        async def requests() -> AsyncIterator[intermediate_server_pb2.StreamQueriesRequest]:
+            async for batch in batches:
+                yield intermediate_server_pb2.StreamQueriesRequest(
+                    parent=self._parent, queries=[_spec(query) for query in batch]
+                )
+
+        call = self._stub.StreamQueries(requests(), timeout=deadline)
+        try:
+            async for response in call:
+                yield list(response.results)
+        except grpc.RpcError as error:
+            raise translate(error, "intermediate server") from None
+        finally:
+            call.cancel()  # the consumer stopped early: end the upstream call too (no-op if done)
 
     async def get_query_result(
         self, query_id: str, wait_seconds: float

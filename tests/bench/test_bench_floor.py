@@ -20,6 +20,7 @@ from bench.floor import (
     EchoChain,
     FloorSettings,
     RssSampler,
+    cpu_seconds,
     crypto_floors,
     drive,
     echo_floor,
@@ -27,6 +28,7 @@ from bench.floor import (
     peak_rss_bytes,
     rss_bytes,
     sha256_chain_floor,
+    sqlite_copy_floor,
     sqlite_insert_floor,
     synthetic_duplicate_rows,
     synthetic_records,
@@ -145,11 +147,48 @@ def test_sqlite_floor_with_default_and_custom_row_shapes(tmp_path: Path) -> None
     assert result.params["unique_key_columns"] == 0
 
 
+def test_copy_floor_reinserts_the_very_rows_into_the_same_table(tmp_path: Path) -> None:
+    import sqlite3
+
+    source = tmp_path / "source.sqlite"
+    with sqlite3.connect(source) as connection:
+        connection.execute("CREATE TABLE dup (id INTEGER PRIMARY KEY, k TEXT, v BLOB, UNIQUE (k))")
+        connection.execute("CREATE INDEX ix_dup_v ON dup (v)")
+        connection.executemany(
+            "INSERT INTO dup (k, v) VALUES (?, ?)",
+            [(f"k{i}", bytes([i % 256]) * 40) for i in range(500)],
+        )
+    connection.close()
+
+    result = sqlite_copy_floor(source, "dup", tmp_path / "copies", rounds=2)
+
+    assert result.key == "sqlite_same_rows_per_s"
+    assert result.value > 0
+    assert len(result.rounds) == 2
+    assert (result.params["rows"], result.params["columns"], result.params["indexes"]) == (
+        500,
+        3,
+        1,
+    )
+    with sqlite3.connect(tmp_path / "copies" / "copy0.sqlite") as copy:
+        assert copy.execute("SELECT count(*), count(DISTINCT k) FROM dup").fetchone() == (500, 500)
+        names = {name for (name,) in copy.execute("SELECT name FROM sqlite_master")}
+    copy.close()
+    assert "ix_dup_v" in names
+    with pytest.raises(ValueError, match="no table"):
+        sqlite_copy_floor(source, "missing", tmp_path / "copies")
+
+
 def test_synthetic_rows_are_deterministic_and_unique_by_key() -> None:
     rows = synthetic_duplicate_rows(1_000)
     assert rows == synthetic_duplicate_rows(1_000)
     assert len({row[:4] for row in rows}) == len(rows)
     assert all(len(row[6]) == 120 for row in rows)
+
+
+def test_sha256_floor_can_name_its_figure() -> None:
+    result = sha256_chain_floor([b"a" * 300] * 100, rounds=1, key="sha256_same_records_per_s")
+    assert (result.key, result.params["records"]) == ("sha256_same_records_per_s", 100)
 
 
 def test_sha256_floor_over_given_records() -> None:
@@ -177,6 +216,13 @@ async def test_memory_helpers_read_this_process() -> None:
     assert trend is not None
     assert trend.early_bytes > 0
     assert trend.samples >= 4
+
+
+def test_cpu_seconds_grow_with_work_in_this_and_another_process() -> None:
+    before = cpu_seconds()
+    sum(i * i for i in range(2_000_000))
+    assert cpu_seconds() > before
+    assert cpu_seconds(1) >= 0  # another process, read from /proc
 
 
 async def test_drive_is_bounded_by_count_and_by_time() -> None:

@@ -94,6 +94,26 @@ def test_json_has_every_key_for_every_figure(tmp_path: Path) -> None:
     assert document["extra"] == {"mode": "quick"}
 
 
+def test_a_reported_figure_is_shown_beside_its_floor_and_never_judged(tmp_path: Path) -> None:
+    target = Target.reported(higher_is_better=False)
+    fig = figure("p99", "ms", target, gateway=9.0, floor=3.0)
+    assert (fig.ratio, fig.met, fig.judged, fig.target) == (
+        3.0,
+        None,
+        False,
+        "reported (no target)",
+    )
+    missed = figure("p50", "ms", Target(1.5, higher_is_better=False), gateway=9.0, floor=3.0)
+
+    document = write_json(tmp_path / "r.json", [fig, missed], {})
+
+    assert document["summary"]["reported_only"] == ["p99"]
+    assert document["summary"]["not_measured"] == []
+    assert document["summary"]["missed"] == ["p50"]
+    assert (document["summary"]["judged"], document["summary"]["met"]) == (1, 0)
+    assert "n/a" in format_table([fig])
+
+
 def test_machine_info_describes_this_machine() -> None:
     info = machine_info()
     assert isinstance(info["cpu_count"], int)

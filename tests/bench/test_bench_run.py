@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bench import run
+from bench import run, storage
 from bench.floor import FloorResult, FloorSettings
 from bench.report import Target
 from bench.run import Measurement, RunContext, collect_figures
@@ -41,7 +41,7 @@ async def test_a_registered_gateway_measurement_is_divided_by_its_floor(tmp_path
     assert plugged.ratio == pytest.approx(0.6)
     assert (empty.gateway, empty.floor, empty.met) == (None, 500.0, None)
     assert "not plugged in" in empty.notes
-    assert ctx.extra == {"seen_floor": 500.0}
+    assert ctx.extra["seen_floor"] == 500.0
     assert errors == []
 
 
@@ -77,8 +77,9 @@ async def test_absolute_figures_measure_something(tmp_path: Path) -> None:
         assert 0.3 < ctx.extra["permission_checks"]["allowed_share"] < 0.7
 
 
-def test_every_registered_figure_names_a_floor_the_floor_measures() -> None:
+def test_every_registered_figure_names_a_floor_the_floor_or_its_measurement_measures() -> None:
     floor_keys = {
+        "echo_one_hop_calls_per_s",
         "echo_chain_calls_per_s",
         "echo_chain_p50_ms",
         "echo_chain_p99_ms",
@@ -86,10 +87,53 @@ def test_every_registered_figure_names_a_floor_the_floor_measures() -> None:
         "sha256_chain_records_per_s",
         "box_encrypt_per_s",
     }
+    measured_with_their_data = {storage.IMPORT_FLOOR_KEY, storage.VERIFY_FLOOR_KEY}
     names = [m.name for m in run.MEASUREMENTS]
     assert len(names) == len(set(names))
-    assert {m.floor_key for m in run.MEASUREMENTS} - {None} <= floor_keys
-    assert {"cli_start", "permission_checks"} <= set(names)
+    assert {m.floor_key for m in run.MEASUREMENTS} - {None} <= floor_keys | measured_with_their_data
+    assert all(m.run is not None for m in run.MEASUREMENTS)
+    assert {"cli_start", "permission_checks", "batch_queries", "duplicate_import"} <= set(names)
+
+
+def test_issue_10_targets_are_the_registered_ones() -> None:
+    targets = {m.name: m.target.describe() for m in run.MEASUREMENTS}
+    assert targets["batch_queries"] == "≥ 2× floor"
+    assert targets["batch_queries_absolute"] == "≥ 5,000 queries/s"
+    assert targets["query_p50_ms"] == "≤ 1.5× floor"
+    assert targets["duplicate_import"] == "≥ 0.7× floor"
+    assert targets["duplicate_import_1m_seconds"] == "≤ 20 s"
+    assert targets["record_verification"] == "≥ 0.5× floor"
+    assert targets["permission_checks"] == "≥ 1,000,000 checks/s"
+    assert targets["cli_start"] == "≤ 150 ms"
+
+
+async def test_a_measurement_may_add_the_floor_of_its_own_data(tmp_path: Path) -> None:
+    async def own_floor(ctx: RunContext) -> float:
+        ctx.floor["same_rows"] = FloorResult("same_rows", "rows/s", 1000.0, (1000.0,))
+        return 800.0
+
+    shared = run.from_shared("rate")
+
+    async def leaves_a_rate(ctx: RunContext) -> float:
+        ctx.shared["rate"] = 42.0
+        return 1.0
+
+    measurements = [
+        Measurement("import", "rows/s", Target(0.7), "same_rows", run=own_floor),
+        Measurement("first", "q/s", Target(1, relative=False), run=leaves_a_rate),
+        Measurement("second", "q/s", Target(50, relative=False), run=shared),
+        Measurement("never_left", "q/s", Target(1, relative=False), run=run.from_shared("nope")),
+    ]
+    ctx = _context(tmp_path)
+
+    figures, errors = await collect_figures(measurements, ctx, lambda _: None)
+
+    assert (figures[0].floor, figures[0].met) == (1000.0, True)
+    assert (figures[2].gateway, figures[2].met) == (42.0, False)
+    assert figures[3].met is None
+    assert "not measurable yet" in figures[3].notes
+    assert errors == []
+    assert set(ctx.extra["figure_seconds"]) == {"import", "first", "second", "never_left"}
 
 
 def test_main_writes_results_and_prints_the_table(
