@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ua": ("unified_address.cli", "staff operations of the unified address server (名寄せ)"),
     "staff": ("server.cli_staff", "create a tenant's first staff administrator (職員)"),
     "pki": ("linkage.pki", "create the local CA and certificates for mutual TLS"),
+    "health": ("linkage.health", "check a server's gRPC health service (for probes)"),
     "bench": ("bench.run", "measure the gateway against the machine's own floor"),
     "soak": ("bench.soak", "drive the world at a steady rate and report errors and memory"),
 }
