@@ -20,7 +20,6 @@ Must never: take a password from argv or the environment, echo it, or print it.
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -85,16 +84,13 @@ def main(argv: list[str]) -> int:
 
 def read_password(stdin: TextIO, stderr: TextIO) -> str:
     """The initial password: asked twice without echo on a terminal, else the first line."""
-    if stdin.isatty():
-        first = getpass.getpass("initial password: ", stream=stderr)
-        if getpass.getpass("again: ", stream=stderr) != first:
-            raise _UsageError("the two passwords differ")
-        password = first
-    else:
-        password = stdin.readline().removesuffix("\n").removesuffix("\r")
-    if not password:
-        raise _UsageError("no password on standard input")
-    return password
+    from linkage.staffauth import PasswordInputError
+    from linkage.staffauth import read_password as read
+
+    try:
+        return read(stdin, stderr)
+    except PasswordInputError as error:
+        raise _UsageError(str(error)) from None
 
 
 def _create_admin(args: argparse.Namespace, password: str) -> str:

@@ -1,6 +1,6 @@
 """Staff authentication and authorization (職員認証・権限管理機能) of a platform's tenants.
 
-Owns: accounts (one person per user name, scrypt hashes from ``server.passwords``, roles),
+Owns: accounts (one person per user name, scrypt hashes from ``linkage.staffauth``, roles),
 sign-in with lockout after repeated failures (an unknown user name and a wrong password look the
 same: same error, same work, same lockout), sessions (an opaque random token; the database keeps
 only its sha256, so replicas share sessions and a leaked table opens none; idle and absolute
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import re
 import secrets
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -40,17 +38,21 @@ from linkage.errors import (
 )
 from linkage.logs import get_logger
 from linkage.records.model import AccessRecord, ActorKind, Outcome, RecordEvent
-from server import repository as repo
-from server import staff_store as store
-from server.models import StaffAccountRow, StaffSessionRow
-from server.passwords import (
+from linkage.staffauth import (
     MAX_LENGTH,
+    MAX_TOKEN,
     ScryptParams,
     hash_password,
     needs_rehash,
     password_problem,
+    personal_username_problem,
+    token_digest,
+    username_problem,
     verify_password,
 )
+from server import repository as repo
+from server import staff_store as store
+from server.models import StaffAccountRow, StaffSessionRow
 from server.ports import Clock
 from server.records import Recorder, record
 
@@ -61,40 +63,8 @@ SIGN_OUT = "StaffService.SignOut"
 CHANGE_PASSWORD = "StaffService.ChangePassword"  # noqa: S105 (an operation name)
 CREATE_STAFF_ACCOUNT = "StaffService.CreateStaffAccount"
 
-_USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-_TRAILING_NUMBER = re.compile(r"[._-]*[0-9]*$")
-# Names that describe a post or a group, not a person: an account so named would be shared.
-GENERIC_NAMES = frozenset(
-    {
-        "admin",
-        "administrator",
-        "anonymous",
-        "common",
-        "console",
-        "default",
-        "demo",
-        "everyone",
-        "guest",
-        "kanri",
-        "office",
-        "operator",
-        "reviewer",
-        "root",
-        "service",
-        "shared",
-        "staff",
-        "superuser",
-        "support",
-        "sysadmin",
-        "system",
-        "tantou",
-        "team",
-        "test",
-        "user",
-    }
-)
 _DUMMY_PASSWORD = "not-a-password-of-anyone"  # noqa: S105 (hashed to equalize timing only)
-_MAX_TOKEN = 256
+_MAX_TOKEN = MAX_TOKEN
 
 
 class Role(StrEnum):
@@ -146,24 +116,6 @@ class _Denial:
 # --- validation ---------------------------------------------------------------------------------
 
 
-def username_problem(username: str) -> str | None:
-    """Why ``username`` is not a valid user name (syntax only), or None."""
-    if _USERNAME.fullmatch(username) is None:
-        return "1 to 64 of [a-z0-9._-], starting with a letter or digit"
-    return None
-
-
-def personal_username_problem(username: str, tenant: str) -> str | None:
-    """Why ``username`` may not name a new account (syntax, or a post rather than a person)."""
-    problem = username_problem(username)
-    if problem is not None:
-        return problem
-    base = _TRAILING_NUMBER.sub("", username)
-    if base in GENERIC_NAMES or base == tenant or username == tenant:
-        return "names a post or a group, not one person (no shared accounts)"
-    return None
-
-
 def parse_roles(roles: Iterable[str | Role]) -> frozenset[Role]:
     """Roles by name; INVALID_ARGUMENT when none is given or one is unknown."""
     parsed: set[Role] = set()
@@ -198,11 +150,6 @@ def _roles_text(roles: Iterable[Role]) -> str:
 def _roles_of(text: str) -> frozenset[Role]:
     known = {role.value: role for role in Role}
     return frozenset(known[name] for name in text.split(",") if name in known)
-
-
-def token_digest(token: str) -> bytes:
-    """The sha256 of a session token: all the database ever holds of it."""
-    return hashlib.sha256(token.encode("utf-8")).digest()
 
 
 # --- the domain ---------------------------------------------------------------------------------

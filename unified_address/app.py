@@ -3,8 +3,13 @@
 Owns ``Config`` (what an operator or the world harness sets) and ``start``: it brings the schema
 to head, opens the organization's data key and ledger key ring from ``data_dir``, connects to
 the intermediate server and the resident registry as ``ua.<org>``, and serves
-``UnifiedAddressService`` (with health and reflection) on ``host:port``. ``App`` is the running
-server: ``.address``, ``.port``, ``close()``, and ``register_many`` for bulk loads.
+``UnifiedAddressService`` for business systems and ``UnifiedAddressStaffService`` for staff
+consoles (with health and reflection, the health following the database) on ``host:port``;
+it also runs the records retention job
+(``linkage.records.retention.RetentionJob``: the seven-year purge of the ledger ``ua:<org>``,
+every ``records_retention_interval``; ``None`` turns it off). ``App`` is the running server:
+``.address``, ``.port``, ``.staff`` (accounts, for the harness), ``close()``, and
+``register_many`` for bulk loads.
 
 Must never: start under an identity other than ``ua.<org>``, or keep state in memory that
 another replica would need (it is all in the database; key files are shared on disk).
@@ -14,24 +19,35 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import grpc.aio
 from sqlalchemy.engine import Engine
 
+from linkage import db
 from linkage.db import make_engine, migrate, session_factory
+from linkage.health import DATABASE_PROBE_INTERVAL, DatabaseHealth
 from linkage.keys import KeyRing, private_dir
 from linkage.logs import get_logger
 from linkage.records.ledger import Ledger
+from linkage.records.retention import DEFAULT_RETENTION_INTERVAL, RetentionJob
 from linkage.rpc import RunningServer, Security, start_server
-from linkage.v1 import unified_address_pb2, unified_address_pb2_grpc
+from linkage.v1 import (
+    unified_address_pb2,
+    unified_address_pb2_grpc,
+    unified_address_staff_pb2,
+    unified_address_staff_pb2_grpc,
+)
 from unified_address import registration
 from unified_address.audit import Actor, Audit
 from unified_address.matching import Registration
 from unified_address.runtime import Runtime
 from unified_address.scope import BusinessSystemScope, ScopeRegistry
 from unified_address.servicer import UnifiedAddressServicer
+from unified_address.staff_accounts import StaffAccounts, StaffSettings
+from unified_address.staff_servicer import UnifiedAddressStaffServicer
 from unified_address.upstream import GrpcIntermediateServer, GrpcRegistry
 from unified_address.vault import NumberVault
 
@@ -39,6 +55,9 @@ __all__ = ["App", "BusinessSystemScope", "Config", "open_keys", "start"]
 
 log = get_logger(__name__)
 SERVICE_NAME = unified_address_pb2.DESCRIPTOR.services_by_name["UnifiedAddressService"].full_name
+STAFF_SERVICE_NAME = unified_address_staff_pb2.DESCRIPTOR.services_by_name[
+    "UnifiedAddressStaffService"
+].full_name
 
 
 @dataclass(frozen=True)
@@ -49,7 +68,11 @@ class Config:
     the client identity toward the registry and the intermediate server. ``data_dir`` holds
     the data key of individual numbers and the key ring that signs the ledger's checkpoints.
     ``migrate`` brings the database to the newest schema at start (tests that build the schema
-    themselves turn it off).
+    themselves turn it off). ``staff`` sets session lifetimes, lockout and the password hash
+    cost of the staff service; ``records_retention_interval`` how often expired records are
+    purged (``None``: never, for tests that count records). ``database_connect_timeout`` bounds
+    a PostgreSQL connection attempt (seconds); ``database_probe_interval`` is how often the
+    health status is brought in line with the database (NOT_SERVING while it does not answer).
     """
 
     organization: str
@@ -65,6 +88,10 @@ class Config:
     code_request_concurrency: int = 16
     upstream_timeout: float = 30.0
     server_identity: str = ""  # e.g. "platform.municipal": its certificate must name it
+    staff: StaffSettings = field(default_factory=StaffSettings)
+    records_retention_interval: timedelta | None = DEFAULT_RETENTION_INTERVAL
+    database_connect_timeout: int | None = db.DEFAULT_CONNECT_TIMEOUT
+    database_probe_interval: float = DATABASE_PROBE_INTERVAL
 
     def __post_init__(self) -> None:
         if self.security.identity != f"ua.{self.organization}":
@@ -83,11 +110,17 @@ class App:
         server: RunningServer,
         channels: Sequence[grpc.aio.Channel],
         engine: Engine,
+        staff: StaffAccounts,
+        retention: RetentionJob | None = None,
+        health: tuple[DatabaseHealth, Engine] | None = None,
     ) -> None:
         self.runtime = runtime
+        self.staff = staff
         self._server = server
         self._channels = channels
         self._engine = engine
+        self.retention = retention
+        self._health = health
 
     @property
     def address(self) -> str:
@@ -114,6 +147,12 @@ class App:
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop serving (in-flight calls finish), then close the upstream channels."""
+        if self.retention is not None:
+            await self.retention.stop()
+        if self._health is not None:
+            database_health, probe = self._health
+            await database_health.stop()
+            probe.dispose()
         await self._server.stop(grace)
         for channel in self._channels:
             await channel.close(None)
@@ -123,18 +162,25 @@ class App:
 def open_keys(data_dir: Path, organization: str) -> tuple[NumberVault, Audit]:
     """The organization's number vault and ledger writer from the key files in ``data_dir``
     (created on first use): the server and the staff CLI must open the very same ones."""
+    vault, audit, _ = _open_keys(data_dir, organization)
+    return vault, audit
+
+
+def _open_keys(data_dir: Path, organization: str) -> tuple[NumberVault, Audit, KeyRing]:
     private_dir(data_dir)
     keyring = KeyRing.load_or_create(data_dir / "keys", f"ua.{organization}")
     ledger = Ledger(keyring.current.signing_key, keyring.current.key_id)
-    return NumberVault.open_dir(data_dir, organization), Audit(organization, ledger)
+    return NumberVault.open_dir(data_dir, organization), Audit(organization, ledger), keyring
 
 
 async def start(config: Config) -> App:
     """Open storage and keys, connect upstream, and serve; see ``Config``."""
-    vault, audit = await asyncio.to_thread(open_keys, config.data_dir, config.organization)
+    vault, audit, keyring = await asyncio.to_thread(
+        _open_keys, config.data_dir, config.organization
+    )
     if config.migrate:
         await asyncio.to_thread(migrate, config.database_url)
-    engine = make_engine(config.database_url)
+    engine = make_engine(config.database_url, connect_timeout=config.database_connect_timeout)
     server_channel = config.security.channel(
         config.server_address, server=config.server_identity or None
     )
@@ -150,14 +196,42 @@ async def start(config: Config) -> App:
         code_concurrency=config.code_request_concurrency,
     )
     servicer = UnifiedAddressServicer(runtime)
+    staff = StaffAccounts(runtime.sessions, audit, runtime.clock, config.staff)
+    staff_servicer = UnifiedAddressStaffServicer(runtime, staff)
 
     def register(server: grpc.aio.Server) -> None:
         unified_address_pb2_grpc.add_UnifiedAddressServiceServicer_to_server(servicer, server)
 
+    def register_staff(server: grpc.aio.Server) -> None:
+        unified_address_staff_pb2_grpc.add_UnifiedAddressStaffServiceServicer_to_server(
+            staff_servicer, server
+        )
+
+    retention = None
+    if config.records_retention_interval is not None:
+        retention = RetentionJob(
+            runtime.sessions,
+            lambda: [audit.ledger_id],
+            keyring.current.signing_key,
+            keyring.current.key_id,
+            interval=config.records_retention_interval,
+        )
     try:
         running = await start_server(
-            [(register, SERVICE_NAME)], security=config.security, host=config.host, port=config.port
+            [(register, SERVICE_NAME), (register_staff, STAFF_SERVICE_NAME)],
+            security=config.security,
+            host=config.host,
+            port=config.port,
         )
+        if retention is not None:
+            await retention.start()
+        probe = db.probe_engine(
+            config.database_url, connect_timeout=config.database_connect_timeout
+        )
+        database_health = DatabaseHealth(
+            running, lambda: db.ping(probe), interval=config.database_probe_interval
+        )
+        await database_health.start()
     except BaseException:
         await server_channel.close(None)
         await registry_channel.close(None)
@@ -169,4 +243,12 @@ async def start(config: Config) -> App:
         port=running.port,
         business_systems=sorted(runtime.scopes.systems),
     )
-    return App(runtime, running, (server_channel, registry_channel), engine)
+    return App(
+        runtime,
+        running,
+        (server_channel, registry_channel),
+        engine,
+        staff,
+        retention,
+        (database_health, probe),
+    )

@@ -3,12 +3,20 @@
 Owns the command line for the staff operations of ``unified_address.staff`` (``search``,
 ``waiting``, ``link``, ``merge``, ``split``, ``undo``, ``failures``) and for retrying failed
 linkage-code requests (``retry``, which calls the registry and the intermediate server as
-``ua.<org>``). Every command names the staff member (``--staff``) and is recorded in the
-ledger ``ua:<org>``; each runs in one transaction.
+``ua.<org>``). Every such command names the staff member (``--staff``) and is recorded in the
+ledger ``ua:<org>``; each runs in one transaction. It works on the database directly (with the
+server's ``--data-dir`` for its key files): an operator's tool on the server's host. Staff at
+their consoles use ``UnifiedAddressStaffService`` instead, with sessions and roles.
 
-The proto has no staff RPCs for this yet; a staff RPC surface (with staff sessions and roles,
-as the intermediate server's StaffService has) is future work. Until then this CLI works on
-the database directly and needs the server's ``--data-dir`` for its key files.
+Also owns the accounts of that service (operator commands, ``--staff`` not needed)::
+
+    linkage ua ... staff add --username NAME --role VIEWER|OPERATOR [--role ...]
+    linkage ua ... staff grant --username NAME --role ...     (replaces the roles)
+    linkage ua ... staff list
+
+``staff add`` reads the initial password from standard input (asked twice without echo on a
+terminal), never from argv; it must be changed at first sign-in. Account changes are recorded
+in the ledger (actor SYSTEM ``operator``).
 
 Must never: print an individual number or take one as an argument (argv is visible to other
 users in ``ps`` and kept in shell history): ``search --individual-number-stdin`` reads it.
@@ -33,6 +41,7 @@ from unified_address.repository import Repository
 __all__ = ["main"]
 
 _T = TypeVar("_T")
+_ROLES = ("VIEWER", "OPERATOR")
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -51,8 +60,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--database-url", required=True, help="the server's database")
     parser.add_argument("--organization", required=True, help="organization code, e.g. sakai")
     parser.add_argument("--data-dir", type=Path, required=True, help="the server's key files")
-    parser.add_argument("--staff", required=True, help="your staff id (recorded)")
+    parser.add_argument("--staff", default="", help="your staff id (recorded; name matching)")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    accounts = commands.add_parser("staff", help="accounts of the staff service (operator)")
+    account_commands = accounts.add_subparsers(dest="staff_command", required=True)
+    add = account_commands.add_parser("add", help="new account; password from standard input")
+    add.add_argument("--username", required=True, help="the staff member's own user name")
+    add.add_argument("--role", action="append", required=True, choices=_ROLES)
+    grant = account_commands.add_parser("grant", help="replace an account's roles")
+    grant.add_argument("--username", required=True)
+    grant.add_argument("--role", action="append", required=True, choices=_ROLES)
+    account_commands.add_parser("list", help="accounts, roles, initial password pending")
 
     search = commands.add_parser("search", help="find a person; show links and history")
     search.add_argument("--unified-number", default="")
@@ -188,9 +207,41 @@ def _retry(s: _Session) -> int:
     return 0 if summary.failed == 0 else 1
 
 
+def _staff_accounts(s: _Session) -> int:
+    from linkage.records.model import utc_now
+    from linkage.staffauth import PasswordInputError, read_password
+    from unified_address.staff_accounts import StaffAccounts
+
+    args = s.args
+    accounts = StaffAccounts(s.sessions, s.audit, utc_now)
+    by = args.staff or "operator"
+    if args.staff_command == "list":
+        for username, roles, must_change in accounts.accounts():
+            pending = " (initial password)" if must_change else ""
+            print(f"{username} {','.join(sorted(roles))}{pending}")
+        return 0
+    if args.staff_command == "grant":
+        roles = accounts.set_roles(args.username, args.role, changed_by=by)
+        print(f"{args.username}: {','.join(sorted(roles))}")
+        return 0
+    try:
+        password = read_password(sys.stdin, sys.stderr)
+    except PasswordInputError as error:
+        print(f"linkage ua: error: {error}", file=sys.stderr)
+        return 2
+    name = accounts.add_account(args.username, password, args.role, created_by=by)
+    print(f"created {name}; the password must be changed at first sign-in")
+    return 0
+
+
 def _dispatch(s: _Session) -> int:
     args = s.args
     command: str = args.command
+    if command == "staff":
+        return _staff_accounts(s)
+    if not args.staff:
+        print(f"linkage ua: error: {command} needs --staff (your staff id)", file=sys.stderr)
+        return 2
     if command == "search":
         return _search(s)
     if command == "retry":

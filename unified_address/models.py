@@ -3,7 +3,8 @@
 Owns the storage shape of name matching (名寄せ): people by unified number with their sealed
 individual number and its blind index, each business system's address numbers and the person
 they are linked to, the history of staff link operations (so each is reversible), and the
-queries relayed for business systems (so a result read can be recorded against its subject).
+queries relayed for business systems (so a result read can be recorded against its subject),
+and the staff who work on it: accounts, sessions and failed sign-ins (``staff_accounts``).
 
 Must never: hold an individual number in clear (only ``DataKey`` tokens and keyed blind
 indexes), nor hold anything of another organization: one unified address server serves one.
@@ -15,7 +16,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, LargeBinary, String
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, LargeBinary, String
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -29,6 +30,9 @@ __all__ = [
     "Person",
     "PersonLink",
     "RelayedQuery",
+    "StaffAccount",
+    "StaffSession",
+    "StaffSignInFailure",
     "UTCDateTime",
 ]
 
@@ -161,3 +165,48 @@ class RelayedQuery(Base):
     provider: Mapped[str] = mapped_column(String(64))
     data_items: Mapped[list[str]] = mapped_column(JSON)
     submitted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class StaffAccount(Base):
+    """A staff member of the unified address server: one person per user name (no shared
+    accounts). ``password_hash`` is ``linkage.staffauth``'s stored form (scrypt, parameters
+    included); ``roles`` the granted roles joined by ","; ``must_change_password`` is set for an
+    initial password and cleared by ChangePassword."""
+
+    __tablename__ = "ua_staff_accounts"
+
+    username: Mapped[str] = mapped_column(String(64), primary_key=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    roles: Mapped[str] = mapped_column(String(64))
+    must_change_password: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str] = mapped_column(String(128))
+    password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class StaffSession(Base):
+    """A signed-in staff session, found by the sha256 of its token (the token is never stored).
+
+    It ends at ``expires_at`` (absolute) or after the idle timeout since ``last_used_at``,
+    whichever comes first; replicas share it through the database.
+    """
+
+    __tablename__ = "ua_staff_sessions"
+
+    token_sha256: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class StaffSignInFailure(Base):
+    """Recent failed sign-ins for a user name, whether or not an account has it (so the lockout
+    tells nobody which names exist)."""
+
+    __tablename__ = "ua_staff_sign_in_failures"
+
+    username: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(default=0)
+    last_failure_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -10,8 +10,11 @@ recorded in the ledger (STAFF_OPERATION, once per person touched) under the staf
 * ``split``: some address links of a person move to a new unified number;
 * ``undo``: the reversal of one of those, refused when later changes depend on it.
 
-The staff-facing surface is the CLI (``unified_address.cli``) on the database; a staff RPC
-surface with sessions and roles, as the intermediate server has, is future work.
+Two surfaces call these, each naming the staff member the ``Desk`` records under: staff at
+their consoles through ``UnifiedAddressStaffService`` (``unified_address.staff_servicer``;
+sign-in, sessions and the VIEWER/OPERATOR role check in ``unified_address.staff_accounts``, which
+runs each operation in one transaction with the session check), and the operator's CLI
+(``unified_address.cli``) on the database.
 
 Must never: show an individual number (views say only whether one is held), merge two people
 holding different individual numbers, move a number between people, or change a link without

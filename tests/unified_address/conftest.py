@@ -92,6 +92,8 @@ def config(
         business_systems=SCOPES,
         migrate=False,
         code_request_concurrency=4,
+        # Off: tests count records; test_ua_staff_rpc starts one server with it on.
+        records_retention_interval=None,
     )
 
 

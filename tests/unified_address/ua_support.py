@@ -45,6 +45,7 @@ IDENTITIES = (
     *(f"bs.{ORG}.{scope.system}" for scope in SCOPES),
     f"bs.{ORG}.rogue",  # a certificate from the CA, but not a configured system
     "bs.osaka.kokuho",  # another organization's business system
+    f"staff-console.{ORG}",  # the organization's staff consoles (UnifiedAddressStaffService)
 )
 
 if TYPE_CHECKING:
