@@ -103,6 +103,12 @@ class FakeProvider(inbound_pb2_grpc.InboundServiceServicer):
         self._problem("AcceptLateAnswers was called, but the kit never holds an answer")
         raise FailedPrecondition("NO_LATE_ANSWERS_EXPECTED", "the conformance kit holds nothing")
 
+    async def DiscloseOrganizationAccessRecords(  # noqa: N802 (gRPC method name)
+        self, request: inbound_pb2.DiscloseOrganizationAccessRecordsRequest, context: Context
+    ) -> inbound_pb2.DiscloseOrganizationAccessRecordsResponse:
+        # The kit's test organizations keep no access records: a disclosure finds none.
+        return inbound_pb2.DiscloseOrganizationAccessRecordsResponse()
+
     async def _verify(
         self, envelope: common_pb2.SignedEnvelope, batch: payloads_pb2.PermitBatch
     ) -> str:

@@ -120,6 +120,18 @@ class GrpcNetwork:
         )
         return response.delivered
 
+    async def collect(
+        self, tenant: str, linkage_code: str, *, seconds: float
+    ) -> network_pb2.CollectPersonAccessRecordsResponse:
+        """``server.disclosure.NetworkRecords``: the network's and the other organizations'
+        records about the person ``linkage_code`` names at ``tenant``, waiting ``seconds``."""
+        request = network_pb2.CollectPersonAccessRecordsRequest(
+            organization=tenant, linkage_code=linkage_code
+        )
+        return await self._call(
+            self._stub(tenant).CollectPersonAccessRecords(request, timeout=seconds)
+        )
+
     async def network_keys(self) -> network_pb2.GetNetworkKeysResponse:
         return await self._call(
             self._reader.GetNetworkKeys(network_pb2.GetNetworkKeysRequest(), timeout=self._timeout)

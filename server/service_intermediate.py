@@ -30,11 +30,11 @@ from linkage.logs import get_logger
 from linkage.records.model import ActorKind, RecordEvent
 from linkage.records.model import Outcome as RecordOutcome
 from linkage.rpc import caller
-from linkage.v1 import common_pb2, intermediate_server_pb2, intermediate_server_pb2_grpc
+from linkage.v1 import intermediate_server_pb2, intermediate_server_pb2_grpc
 from server import repository as repo
 from server.codes import CodeManager
 from server.content import DATA_ITEMS, unified_number_problem
-from server.disclosure import disclose_person
+from server.disclosure import PersonDisclosure, disclose_person, entry_of
 from server.duplicates import DuplicateStore, ImportBuffer
 from server.ports import Clock
 from server.queries import Outcome, Requester, Spec, parse_spec
@@ -49,6 +49,7 @@ SERVICE = "IntermediateServerService"
 DEFAULT_WAIT = 30.0  # seconds a SubmitQuery waits without a deadline
 MAX_WAIT = 300.0
 _SYSTEM_MAX = 128
+_DEADLINE_MARGIN = 0.5  # seconds kept back from the caller's deadline to answer it
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,9 @@ def _business_system(value: str) -> str:
 class IntermediateServerServicer(intermediate_server_pb2_grpc.IntermediateServerServiceServicer):
     """The thin gRPC edge of code management, the duplicate store and queries."""
 
-    def __init__(self, domain: Domain) -> None:
+    def __init__(self, domain: Domain, disclosure: PersonDisclosure) -> None:
         self._d = domain
+        self._disclosure = disclosure
 
     async def _tenant(self, parent: str, method: str) -> Tenant:
         return await self._bound(code_of_parent(parent), method)
@@ -309,23 +311,17 @@ class IntermediateServerServicer(intermediate_server_pb2_grpc.IntermediateServer
         stored = await asyncio.to_thread(
             disclose_person, self._d.sessions, tenant.code, request.unified_number
         )
-        entries = []
-        for item in stored:
-            r = item.record
-            stamp = Timestamp()
-            stamp.FromDatetime(r.occurred_at)
-            entries.append(
-                common_pb2.AccessRecordEntry(
-                    occurred_at=stamp,
-                    ledger=r.ledger,
-                    event=r.event.value,
-                    requester=r.requester,
-                    provider=r.provider,
-                    procedure=r.procedure,
-                    data_items=r.data_items,
-                    outcome=r.outcome.value,
-                    reason=r.reason,
-                    actor=r.actor_id,
-                )
-            )
-        return pb.DiscloseAccessRecordsResponse(records=entries)
+        return pb.DiscloseAccessRecordsResponse(records=[entry_of(item) for item in stored])
+
+    async def DisclosePersonAccessRecords(  # noqa: N802 (gRPC method name)
+        self, request: pb.DisclosePersonAccessRecordsRequest, context: Any
+    ) -> pb.DisclosePersonAccessRecordsResponse:
+        tenant = await self._tenant(request.parent, "DisclosePersonAccessRecords")
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else remaining - _DEADLINE_MARGIN
+        found = await self._disclosure.disclose(
+            tenant.code, request.unified_number, deadline=deadline
+        )
+        return pb.DisclosePersonAccessRecordsResponse(
+            records=found.records, unanswered=found.unanswered
+        )

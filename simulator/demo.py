@@ -5,7 +5,9 @@ Owns the command line of the demo: it generates a population (plus the showcase 
 harness) in a data directory, runs the scenario (:mod:`simulator.scenario`), has Sakai's
 reviewer work its review queue over gRPC (a staff account created by the platform operator,
 ``StaffService`` sign-in with the forced password change, ``ReviewService``: one held query
-approved, another declined), traces one person's journey, writes the client's result files
+approved, another declined), traces one person's journey, shows what that person sees on the
+national portal (every access record about them at Sakai, the network and each provider, through
+the same call as ``linkage records disclose --world``), writes the client's result files
 (one row per query, one per collection decision) and prints a summary: as text, or with
 ``--json`` as one JSON object on stdout. Progress goes to stderr, a line per step (a live
 counter on a terminal).
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
     from simulator.population import Population
     from simulator.scenario import ScenarioResult
     from simulator.scenario_plan import PlannedQuery
-    from simulator.scenario_review import Decided, Denial, Journey, ReviewReport
+    from simulator.scenario_review import Decided, Denial, Journey, PortalView, ReviewReport
     from simulator.world import World
 
 DEFAULT_RESIDENTS: Final = 1000
@@ -248,6 +250,7 @@ async def _main_job(
     from simulator.scenario_review import (
         ConsoleReviewer,
         explain_denial,
+        portal_view,
         review_held,
         trace_journey,
     )
@@ -270,9 +273,17 @@ async def _main_job(
         await trace_journey(scenario, person, f"showcase: {JOURNEY_LABEL}") if person else None
     )
     denial = explain_denial(scenario)
+    portal: PortalView | None = None
+    portal_error = ""
+    if person:
+        try:
+            portal = await portal_view(scenario, person, SAKAI)
+        except Exception as error:  # the summary reports it; the run still ends cleanly
+            portal_error = _error_text(error)
     files = write_results(args.out, result)
     summary = build_summary(args, result, review, review_error, journey, denial, files)
-    ok = summary["errors"] == 0 and not review_error
+    summary["disclosure"] = _disclosure_summary(portal, portal_error)
+    ok = summary["errors"] == 0 and not review_error and not portal_error
     if review is not None and review.status_after != "QUERY_STATUS_PROVIDED":
         ok = False
     if review is not None and review.declined is not None:
@@ -484,6 +495,20 @@ def _decided_summary(decided: Decided) -> dict[str, Any]:
     }
 
 
+def _disclosure_summary(portal: PortalView | None, error: str) -> dict[str, Any] | None:
+    if error:
+        return {"error": error}
+    if portal is None:
+        return None
+    return {
+        "organization": portal.organization,
+        "person": portal.person,
+        "places": portal.places,
+        "unanswered": [{"place": p, "reason": r} for p, r in portal.unanswered],
+        "entries": list(portal.entries),
+    }
+
+
 def _denial_summary(denial: Denial) -> dict[str, Any]:
     return {
         "query": _query_dict(denial.query),
@@ -565,6 +590,7 @@ def render(summary: dict[str, Any]) -> str:
     _render_journey(add, summary.get("journey"))
     _render_denial(add, summary.get("denied_example"))
     _render_review(add, summary.get("review"))
+    _render_disclosure(add, summary.get("disclosure"))
     add("")
     add(f"results: {summary['results_file']} (queries), {summary['decisions_file']} (decisions)")
     if summary.get("data_dir"):
@@ -652,6 +678,30 @@ def _render_review(add: Callable[[str], None], review: dict[str, Any] | None) ->
         add(
             f"  staff actions in ledger {review['ledger']}: {review['staff_records_total']} "
             f"STAFF_*/REVIEW_* records ({by_event})"
+        )
+
+
+def _render_disclosure(add: Callable[[str], None], disclosure: dict[str, Any] | None) -> None:
+    if not disclosure:
+        return
+    add("")
+    if "error" in disclosure:
+        add(f"portal disclosure failed: {disclosure['error']}")
+        return
+    places = ", ".join(f"{place} {n}" for place, n in sorted(disclosure["places"].items()))
+    add(
+        f"what person {disclosure['person']} sees on the portal (情報提供等記録開示), asked by "
+        f"{disclosure['organization']}: {sum(disclosure['places'].values())} entries ({places})"
+    )
+    add("  (linkage records disclose --world <dir>/world.json shows the same for a running world)")
+    for missing in disclosure["unanswered"]:
+        add(f"  no answer from {missing['place']}: {missing['reason']}")
+    for e in disclosure["entries"]:
+        flow = f"{e['requester']} → {e['provider']}" if e["provider"] else e["requester"]
+        items = ",".join(e["data_items"])
+        add(
+            f"  {e['occurred_at'][:19]} {e['place']:<13} {e['event']:<16} {e['outcome']:<9} "
+            f"{flow:<15} {e['procedure']:<10} {items}".rstrip()
         )
 
 

@@ -13,7 +13,10 @@ Owns what the demo shows beyond the counts:
 - :func:`trace_journey`: one person from code acquisition at each organization, through each
   query's permit and sealed answer, to the access records of one query at the three places that
   keep them (requester, network, provider);
-- :func:`explain_denial`: the denied query and the permission list's reason for it.
+- :func:`explain_denial`: the denied query and the permission list's reason for it;
+- :func:`portal_view`: what that person sees on the national portal (情報提供等記録開示): every
+  entry recorded about them at every place (the asking municipality's server, the network, each
+  other organization), through the same client call as ``linkage records disclose --world``.
 
 Must never: show a personal value. Unified numbers are masked (``linkage.logs.mask``: a keyed
 digest, stable within the run, meaningless outside it); answers are shown by data item and
@@ -44,6 +47,7 @@ from linkage.v1 import unified_address_pb2 as ua_pb2
 from server.records import ledger_of
 from simulator.scenario_plan import (
     PENSION_BENEFIT,
+    SAKAI,
     Outcome,
     Phase,
     PlannedQuery,
@@ -608,3 +612,39 @@ def explain_denial(scenario: Scenario) -> Denial | None:
     # medical insurer); the others are denied for the same reason and need not be repeated.
     explanation = decisions[0].detail if decisions else ""
     return Denial(query, denied.answer.reason, explanation, allowed)
+
+
+@dataclass(frozen=True, slots=True)
+class PortalView:
+    """A person's disclosure as the portal shows it, asked for by one organization."""
+
+    organization: str
+    person: str  # masked reference
+    places: dict[str, int]  # entries per place
+    unanswered: tuple[tuple[str, str], ...]  # (place, reason)
+    entries: tuple[dict[str, object], ...]  # record fields and place (linkage.records.portal)
+
+
+async def portal_view(scenario: Scenario, person_id: int, organization: str = SAKAI) -> PortalView:
+    """Everything recorded about ``person_id``, asked for by ``organization`` with its unified
+    number, over gRPC as that organization's unified address server (``ua.<org>``)."""
+    from linkage.records.portal import Target, disclose_person
+
+    world = scenario.world
+    number = scenario.result.unified_numbers.get((organization, person_id), "")
+    if not number:
+        raise LookupError(f"person {mask(f'person:{person_id}')} is not known at {organization}")
+    target = Target(
+        organization=organization,
+        address=world.platform_of(organization).address,
+        security=world.security(f"ua.{organization}"),
+        server=f"platform.{world.organization(organization).platform}",
+    )
+    found = await disclose_person(target, number)
+    return PortalView(
+        organization=organization,
+        person=mask(f"person:{person_id}"),
+        places=found.places(),
+        unanswered=tuple(found.unanswered),
+        entries=tuple(found.entries),
+    )

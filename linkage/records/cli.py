@@ -2,7 +2,14 @@
 
 Owns the command line over the ledger API for operators and auditors. Exit codes: 0 intact or
 done, 1 a ledger failed verification (the first bad position is printed), 2 bad usage or input
-(no such database or ledger, unreadable key file).
+(no such database or ledger, unreadable key file), 3 a disclosure is incomplete (a place did
+not answer; the entries of the others are printed, the missing places on stderr), 4 a running
+system refused or could not be reached.
+
+``disclose`` reads one database offline (``--database``, by subject), or asks a running world
+(``--world world.json --organization ORG --unified-number U``) for everything recorded about a
+person at every place (the organization's server, the network, every other organization), as
+the portal shows it: one JSON line per entry, each with its ``place``.
 
 It must stay light at import time (``linkage --help`` starts fast: SQLAlchemy and PyNaCl are
 imported by the subcommand that needs them), never print a signing key, and never modify a
@@ -29,6 +36,8 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_TAMPERED = 1
 EXIT_USAGE = 2
+EXIT_INCOMPLETE = 3
+EXIT_UNAVAILABLE = 4
 
 
 class _UsageError(Exception):
@@ -68,10 +77,27 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--ledger", required=True)
     export.add_argument("--output", type=Path, help="file to write (default: standard output)")
 
-    disclose = sub.add_parser("disclose", help="the records about a person, as JSON lines")
-    database(disclose)
-    disclose.add_argument("--subject", required=True, action="append", help="repeatable")
-    disclose.add_argument("--ledger", action="append", help="only these ledgers (repeatable)")
+    disclose = sub.add_parser(
+        "disclose",
+        help="the records about a person, as JSON lines: from one database, or from every "
+        "place of a running world",
+    )
+    source = disclose.add_mutually_exclusive_group(required=True)
+    source.add_argument("--database", help="offline: SQLAlchemy URL, or the path of an SQLite file")
+    source.add_argument(
+        "--world", type=Path, help="online: the world manifest (world.json of linkage world up)"
+    )
+    disclose.add_argument(
+        "--subject", action="append", help="offline: unified number or linkage code (repeatable)"
+    )
+    disclose.add_argument(
+        "--ledger", action="append", help="offline: only these ledgers (repeatable)"
+    )
+    disclose.add_argument("--organization", help="online: the organization asking, e.g. sakai")
+    disclose.add_argument("--unified-number", help="online: the person's number there")
+    disclose.add_argument(
+        "--timeout", type=float, default=30.0, help="online: seconds to wait (default 30)"
+    )
 
     purge = sub.add_parser("purge", help="purge records past retention behind a signed anchor")
     database(purge)
@@ -196,6 +222,12 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _disclose(args: argparse.Namespace) -> int:
+    if args.world is not None:
+        return _disclose_online(args)
+    if args.organization or args.unified_number:
+        raise _UsageError("--organization and --unified-number go with --world")
+    if not args.subject:
+        raise _UsageError("--database needs --subject")
     from sqlalchemy.orm import Session
 
     from linkage.records.disclosure import disclose
@@ -209,6 +241,38 @@ def _disclose(args: argparse.Namespace) -> int:
     for stored in found:
         sys.stdout.write(_disclosure_line(stored))
     return EXIT_OK
+
+
+def _disclose_online(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import grpc
+
+    from linkage.errors import remote_error
+    from linkage.records.portal import disclose_person, entry_line, target_in_manifest
+
+    if args.subject or args.ledger:
+        raise _UsageError("--subject and --ledger go with --database")
+    if not args.organization or not args.unified_number:
+        raise _UsageError("--world needs --organization and --unified-number")
+    if args.timeout <= 0:
+        raise _UsageError("--timeout must be positive")
+    target = target_in_manifest(args.world, args.organization)
+    try:
+        found = asyncio.run(disclose_person(target, args.unified_number, deadline=args.timeout))
+    except grpc.aio.AioRpcError as error:
+        failure = remote_error(error)
+        print(
+            f"linkage records: the server of {args.organization} failed: "
+            f"{failure.code} {failure.reason}".rstrip(),
+            file=sys.stderr,
+        )
+        return EXIT_UNAVAILABLE
+    for entry in found.entries:
+        sys.stdout.write(entry_line(entry))
+    for place, reason in found.unanswered:
+        print(f"linkage records: {place} did not answer ({reason})", file=sys.stderr)
+    return EXIT_INCOMPLETE if found.unanswered else EXIT_OK
 
 
 def _disclosure_line(stored: StoredRecord) -> str:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from linkage.v1 import common_pb2 as linkage_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18linkage/v1/inbound.proto\x12\nlinkage.v1\x1a\x17linkage/v1/common.proto\"I\n\x15ProvideAnswersRequest\x12\x30\n\x0cpermit_batch\x18\x01 \x01(\x0b\x32\x1a.linkage.v1.SignedEnvelope\"J\n\x16ProvideAnswersResponse\x12\x30\n\x0c\x61nswer_batch\x18\x01 \x01(\x0b\x32\x1a.linkage.v1.SignedEnvelope\"L\n\x18\x41\x63\x63\x65ptLateAnswersRequest\x12\x30\n\x0c\x61nswer_batch\x18\x01 \x01(\x0b\x32\x1a.linkage.v1.SignedEnvelope\"-\n\x19\x41\x63\x63\x65ptLateAnswersResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x32\xcb\x01\n\x0eInboundService\x12W\n\x0eProvideAnswers\x12!.linkage.v1.ProvideAnswersRequest\x1a\".linkage.v1.ProvideAnswersResponse\x12`\n\x11\x41\x63\x63\x65ptLateAnswers\x12$.linkage.v1.AcceptLateAnswersRequest\x1a%.linkage.v1.AcceptLateAnswersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18linkage/v1/inbound.proto\x12\nlinkage.v1\x1a\x17linkage/v1/common.proto\"I\n\x15ProvideAnswersRequest\x12\x30\n\x0cpermit_batch\x18\x01 \x01(\x0b\x32\x1a.linkage.v1.SignedEnvelope\"J\n\x16ProvideAnswersResponse\x12\x30\n\x0c\x61nswer_batch\x18\x01 \x01(\x0b\x32\x1a.linkage.v1.SignedEnvelope\"L\n\x18\x41\x63\x63\x65ptLateAnswersRequest\x12\x30\n\x0c\x61nswer_batch\x18\x01 \x01(\x0b\x32\x1a.linkage.v1.SignedEnvelope\"-\n\x19\x41\x63\x63\x65ptLateAnswersResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\"V\n(DiscloseOrganizationAccessRecordsRequest\x12\x14\n\x0corganization\x18\x01 \x01(\t\x12\x14\n\x0clinkage_code\x18\x02 \x01(\t\"[\n)DiscloseOrganizationAccessRecordsResponse\x12.\n\x07records\x18\x01 \x03(\x0b\x32\x1d.linkage.v1.AccessRecordEntry2\xde\x02\n\x0eInboundService\x12W\n\x0eProvideAnswers\x12!.linkage.v1.ProvideAnswersRequest\x1a\".linkage.v1.ProvideAnswersResponse\x12`\n\x11\x41\x63\x63\x65ptLateAnswers\x12$.linkage.v1.AcceptLateAnswersRequest\x1a%.linkage.v1.AcceptLateAnswersResponse\x12\x90\x01\n!DiscloseOrganizationAccessRecords\x12\x34.linkage.v1.DiscloseOrganizationAccessRecordsRequest\x1a\x35.linkage.v1.DiscloseOrganizationAccessRecordsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,6 +40,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACCEPTLATEANSWERSREQUEST']._serialized_end=292
   _globals['_ACCEPTLATEANSWERSRESPONSE']._serialized_start=294
   _globals['_ACCEPTLATEANSWERSRESPONSE']._serialized_end=339
-  _globals['_INBOUNDSERVICE']._serialized_start=342
-  _globals['_INBOUNDSERVICE']._serialized_end=545
+  _globals['_DISCLOSEORGANIZATIONACCESSRECORDSREQUEST']._serialized_start=341
+  _globals['_DISCLOSEORGANIZATIONACCESSRECORDSREQUEST']._serialized_end=427
+  _globals['_DISCLOSEORGANIZATIONACCESSRECORDSRESPONSE']._serialized_start=429
+  _globals['_DISCLOSEORGANIZATIONACCESSRECORDSRESPONSE']._serialized_end=520
+  _globals['_INBOUNDSERVICE']._serialized_start=523
+  _globals['_INBOUNDSERVICE']._serialized_end=873
 # @@protoc_insertion_point(module_scope)

@@ -3,8 +3,10 @@
 isort:skip_file
 The intermediate server's inbound side (データ送受信機能): what the network calls."""
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from linkage.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -110,3 +112,55 @@ class AcceptLateAnswersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AcceptLateAnswersResponse: _TypeAlias = AcceptLateAnswersResponse  # noqa: Y015
+
+@_typing.final
+class DiscloseOrganizationAccessRecordsRequest(_message.Message):
+    """Request of DiscloseOrganizationAccessRecords."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_FIELD_NUMBER: _builtins.int
+    LINKAGE_CODE_FIELD_NUMBER: _builtins.int
+    organization: _builtins.str
+    """Code of the hosted organization whose records are asked for, e.g. "jps"."""
+    linkage_code: _builtins.str
+    """The person's linkage code at that organization (as the network derives it)."""
+    def __init__(
+        self,
+        *,
+        organization: _builtins.str = ...,
+        linkage_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["linkage_code", b"linkage_code", "organization", b"organization"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscloseOrganizationAccessRecordsRequest: _TypeAlias = DiscloseOrganizationAccessRecordsRequest  # noqa: Y015
+
+@_typing.final
+class DiscloseOrganizationAccessRecordsResponse(_message.Message):
+    """Response of DiscloseOrganizationAccessRecords."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.AccessRecordEntry]:
+        """The organization's records about the person (ledger "server:{organization}"), oldest
+        first; empty when it has none.
+        """
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[_common_pb2.AccessRecordEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscloseOrganizationAccessRecordsResponse: _TypeAlias = DiscloseOrganizationAccessRecordsResponse  # noqa: Y015

@@ -46,6 +46,11 @@ class InboundServiceStub:
                 request_serializer=linkage_dot_v1_dot_inbound__pb2.AcceptLateAnswersRequest.SerializeToString,
                 response_deserializer=linkage_dot_v1_dot_inbound__pb2.AcceptLateAnswersResponse.FromString,
                 _registered_method=True)
+        self.DiscloseOrganizationAccessRecords = channel.unary_unary(
+                '/linkage.v1.InboundService/DiscloseOrganizationAccessRecords',
+                request_serializer=linkage_dot_v1_dot_inbound__pb2.DiscloseOrganizationAccessRecordsRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_inbound__pb2.DiscloseOrganizationAccessRecordsResponse.FromString,
+                _registered_method=True)
 
 
 class InboundServiceServicer:
@@ -73,6 +78,19 @@ class InboundServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DiscloseOrganizationAccessRecords(self, request, context):
+        """One hosted organization's access records about one person, named by that organization's
+        linkage code, for the person's disclosure (情報提供等記録開示, マイナポータル): the network
+        asks every organization that holds a code for the person or took part in a query about
+        them. Only the record fields are returned: no data contents, no linkage code, no unified
+        number. Errors: PERMISSION_DENIED (caller is not the network; checked first),
+        INVALID_ARGUMENT (malformed organization or code), NOT_FOUND (organization not hosted
+        here).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InboundServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -85,6 +103,11 @@ def add_InboundServiceServicer_to_server(servicer, server):
                     servicer.AcceptLateAnswers,
                     request_deserializer=linkage_dot_v1_dot_inbound__pb2.AcceptLateAnswersRequest.FromString,
                     response_serializer=linkage_dot_v1_dot_inbound__pb2.AcceptLateAnswersResponse.SerializeToString,
+            ),
+            'DiscloseOrganizationAccessRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiscloseOrganizationAccessRecords,
+                    request_deserializer=linkage_dot_v1_dot_inbound__pb2.DiscloseOrganizationAccessRecordsRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_inbound__pb2.DiscloseOrganizationAccessRecordsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -143,6 +166,33 @@ class InboundService:
             '/linkage.v1.InboundService/AcceptLateAnswers',
             linkage_dot_v1_dot_inbound__pb2.AcceptLateAnswersRequest.SerializeToString,
             linkage_dot_v1_dot_inbound__pb2.AcceptLateAnswersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiscloseOrganizationAccessRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.InboundService/DiscloseOrganizationAccessRecords',
+            linkage_dot_v1_dot_inbound__pb2.DiscloseOrganizationAccessRecordsRequest.SerializeToString,
+            linkage_dot_v1_dot_inbound__pb2.DiscloseOrganizationAccessRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,15 @@ class InboundServiceStub:
     """Receives answers released late (after review) for queries this server sent. Errors:
     PERMISSION_DENIED (caller is not the network), INVALID_ARGUMENT (bad signature).
     """
+    DiscloseOrganizationAccessRecords: _grpc.UnaryUnaryMultiCallable[_inbound_pb2.DiscloseOrganizationAccessRecordsRequest, _inbound_pb2.DiscloseOrganizationAccessRecordsResponse]
+    """One hosted organization's access records about one person, named by that organization's
+    linkage code, for the person's disclosure (情報提供等記録開示, マイナポータル): the network
+    asks every organization that holds a code for the person or took part in a query about
+    them. Only the record fields are returned: no data contents, no linkage code, no unified
+    number. Errors: PERMISSION_DENIED (caller is not the network; checked first),
+    INVALID_ARGUMENT (malformed organization or code), NOT_FOUND (organization not hosted
+    here).
+    """
 
 @_typing.type_check_only
 class InboundServiceAsyncStub(InboundServiceStub):
@@ -66,6 +75,15 @@ class InboundServiceAsyncStub(InboundServiceStub):
     AcceptLateAnswers: _aio.UnaryUnaryMultiCallable[_inbound_pb2.AcceptLateAnswersRequest, _inbound_pb2.AcceptLateAnswersResponse]  # type: ignore[assignment]
     """Receives answers released late (after review) for queries this server sent. Errors:
     PERMISSION_DENIED (caller is not the network), INVALID_ARGUMENT (bad signature).
+    """
+    DiscloseOrganizationAccessRecords: _aio.UnaryUnaryMultiCallable[_inbound_pb2.DiscloseOrganizationAccessRecordsRequest, _inbound_pb2.DiscloseOrganizationAccessRecordsResponse]  # type: ignore[assignment]
+    """One hosted organization's access records about one person, named by that organization's
+    linkage code, for the person's disclosure (情報提供等記録開示, マイナポータル): the network
+    asks every organization that holds a code for the person or took part in a query about
+    them. Only the record fields are returned: no data contents, no linkage code, no unified
+    number. Errors: PERMISSION_DENIED (caller is not the network; checked first),
+    INVALID_ARGUMENT (malformed organization or code), NOT_FOUND (organization not hosted
+    here).
     """
 
 class InboundServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -95,6 +113,21 @@ class InboundServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_inbound_pb2.AcceptLateAnswersResponse, _abc.Awaitable[_inbound_pb2.AcceptLateAnswersResponse]]:
         """Receives answers released late (after review) for queries this server sent. Errors:
         PERMISSION_DENIED (caller is not the network), INVALID_ARGUMENT (bad signature).
+        """
+
+    @_abc_1.abstractmethod
+    def DiscloseOrganizationAccessRecords(
+        self,
+        request: _inbound_pb2.DiscloseOrganizationAccessRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inbound_pb2.DiscloseOrganizationAccessRecordsResponse, _abc.Awaitable[_inbound_pb2.DiscloseOrganizationAccessRecordsResponse]]:
+        """One hosted organization's access records about one person, named by that organization's
+        linkage code, for the person's disclosure (情報提供等記録開示, マイナポータル): the network
+        asks every organization that holds a code for the person or took part in a query about
+        them. Only the record fields are returned: no data contents, no linkage code, no unified
+        number. Errors: PERMISSION_DENIED (caller is not the network; checked first),
+        INVALID_ARGUMENT (malformed organization or code), NOT_FOUND (organization not hosted
+        here).
         """
 
 def add_InboundServiceServicer_to_server(servicer: InboundServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,53 +25,58 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from linkage.v1 import common_pb2 as linkage_dot_v1_dot_common__pb2
+from linkage.v1 import network_pb2 as linkage_dot_v1_dot_network__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$linkage/v1/intermediate_server.proto\x12\nlinkage.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17linkage/v1/common.proto\"^\n\x19\x41\x63quireLinkageCodeRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x16\n\x0eunified_number\x18\x02 \x01(\t\x12\x19\n\x11processing_serial\x18\x03 \x01(\t\"M\n\x1a\x41\x63quireLinkageCodeResponse\x12/\n\x0b\x61\x63quired_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"t\n\x0f\x44uplicateRecord\x12\x16\n\x0eunified_number\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.linkage.v1.DuplicateValue\x12\x1e\n\x16\x61uto_response_disabled\x18\x03 \x01(\x08\"\x83\x01\n\x17ImportDuplicatesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\timport_id\x18\x02 \x01(\t\x12,\n\x07records\x18\x03 \x03(\x0b\x32\x1b.linkage.v1.DuplicateRecord\x12\x17\n\x0f\x62usiness_system\x18\x04 \x01(\t\"Z\n\x18ImportDuplicatesResponse\x12\x10\n\x08imported\x18\x01 \x01(\x03\x12\x12\n\nsuperseded\x18\x02 \x01(\x03\x12\x18\n\x10\x61lready_imported\x18\x03 \x01(\x08\"U\n\x17\x45xportDuplicatesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tdata_item\x18\x02 \x01(\t\x12\x17\n\x0finclude_history\x18\x03 \x01(\x08\"H\n\x18\x45xportDuplicatesResponse\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.linkage.v1.DuplicateRecord\"m\n\x1eSetAutoResponseDisabledRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x16\n\x0eunified_number\x18\x02 \x01(\t\x12\x11\n\tdata_item\x18\x03 \x01(\t\x12\x10\n\x08\x64isabled\x18\x04 \x01(\x08\"2\n\x1fSetAutoResponseDisabledResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x05\"\xb4\x01\n\tQuerySpec\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x1a\n\x12requester_capacity\x18\x02 \x01(\t\x12\x11\n\tprocedure\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x12\n\ndata_items\x18\x05 \x03(\t\x12\x16\n\x0eunified_number\x18\x06 \x01(\t\x12\x0f\n\x07on_date\x18\x07 \x01(\t\x12\x17\n\x0f\x62usiness_system\x18\x08 \x01(\t\"\x85\x02\n\x0bQueryResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08query_id\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.linkage.v1.QueryStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12*\n\x06values\x18\x05 \x03(\x0b\x32\x1a.linkage.v1.DuplicateValue\x12\x11\n\tpermit_id\x18\x06 \x01(\t\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\x12SubmitQueryRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12$\n\x05query\x18\x02 \x01(\x0b\x32\x15.linkage.v1.QuerySpec\">\n\x13SubmitQueryResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.linkage.v1.QueryResult\"N\n\x14StreamQueriesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12&\n\x07queries\x18\x02 \x03(\x0b\x32\x15.linkage.v1.QuerySpec\"A\n\x15StreamQueriesResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.linkage.v1.QueryResult\"N\n\x15GetQueryResultRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x04wait\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"A\n\x16GetQueryResultResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.linkage.v1.QueryResult\"F\n\x1c\x44iscloseAccessRecordsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x16\n\x0eunified_number\x18\x02 \x01(\t\"O\n\x1d\x44iscloseAccessRecordsResponse\x12.\n\x07records\x18\x01 \x03(\x0b\x32\x1d.linkage.v1.AccessRecordEntry2\xa7\x06\n\x19IntermediateServerService\x12\x63\n\x12\x41\x63quireLinkageCode\x12%.linkage.v1.AcquireLinkageCodeRequest\x1a&.linkage.v1.AcquireLinkageCodeResponse\x12_\n\x10ImportDuplicates\x12#.linkage.v1.ImportDuplicatesRequest\x1a$.linkage.v1.ImportDuplicatesResponse(\x01\x12_\n\x10\x45xportDuplicates\x12#.linkage.v1.ExportDuplicatesRequest\x1a$.linkage.v1.ExportDuplicatesResponse0\x01\x12r\n\x17SetAutoResponseDisabled\x12*.linkage.v1.SetAutoResponseDisabledRequest\x1a+.linkage.v1.SetAutoResponseDisabledResponse\x12N\n\x0bSubmitQuery\x12\x1e.linkage.v1.SubmitQueryRequest\x1a\x1f.linkage.v1.SubmitQueryResponse\x12X\n\rStreamQueries\x12 .linkage.v1.StreamQueriesRequest\x1a!.linkage.v1.StreamQueriesResponse(\x01\x30\x01\x12W\n\x0eGetQueryResult\x12!.linkage.v1.GetQueryResultRequest\x1a\".linkage.v1.GetQueryResultResponse\x12l\n\x15\x44iscloseAccessRecords\x12(.linkage.v1.DiscloseAccessRecordsRequest\x1a).linkage.v1.DiscloseAccessRecordsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$linkage/v1/intermediate_server.proto\x12\nlinkage.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17linkage/v1/common.proto\x1a\x18linkage/v1/network.proto\"^\n\x19\x41\x63quireLinkageCodeRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x16\n\x0eunified_number\x18\x02 \x01(\t\x12\x19\n\x11processing_serial\x18\x03 \x01(\t\"M\n\x1a\x41\x63quireLinkageCodeResponse\x12/\n\x0b\x61\x63quired_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"t\n\x0f\x44uplicateRecord\x12\x16\n\x0eunified_number\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.linkage.v1.DuplicateValue\x12\x1e\n\x16\x61uto_response_disabled\x18\x03 \x01(\x08\"\x83\x01\n\x17ImportDuplicatesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\timport_id\x18\x02 \x01(\t\x12,\n\x07records\x18\x03 \x03(\x0b\x32\x1b.linkage.v1.DuplicateRecord\x12\x17\n\x0f\x62usiness_system\x18\x04 \x01(\t\"Z\n\x18ImportDuplicatesResponse\x12\x10\n\x08imported\x18\x01 \x01(\x03\x12\x12\n\nsuperseded\x18\x02 \x01(\x03\x12\x18\n\x10\x61lready_imported\x18\x03 \x01(\x08\"U\n\x17\x45xportDuplicatesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tdata_item\x18\x02 \x01(\t\x12\x17\n\x0finclude_history\x18\x03 \x01(\x08\"H\n\x18\x45xportDuplicatesResponse\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.linkage.v1.DuplicateRecord\"m\n\x1eSetAutoResponseDisabledRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x16\n\x0eunified_number\x18\x02 \x01(\t\x12\x11\n\tdata_item\x18\x03 \x01(\t\x12\x10\n\x08\x64isabled\x18\x04 \x01(\x08\"2\n\x1fSetAutoResponseDisabledResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x05\"\xb4\x01\n\tQuerySpec\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x1a\n\x12requester_capacity\x18\x02 \x01(\t\x12\x11\n\tprocedure\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x12\n\ndata_items\x18\x05 \x03(\t\x12\x16\n\x0eunified_number\x18\x06 \x01(\t\x12\x0f\n\x07on_date\x18\x07 \x01(\t\x12\x17\n\x0f\x62usiness_system\x18\x08 \x01(\t\"\x85\x02\n\x0bQueryResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08query_id\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.linkage.v1.QueryStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12*\n\x06values\x18\x05 \x03(\x0b\x32\x1a.linkage.v1.DuplicateValue\x12\x11\n\tpermit_id\x18\x06 \x01(\t\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\x12SubmitQueryRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12$\n\x05query\x18\x02 \x01(\x0b\x32\x15.linkage.v1.QuerySpec\">\n\x13SubmitQueryResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.linkage.v1.QueryResult\"N\n\x14StreamQueriesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12&\n\x07queries\x18\x02 \x03(\x0b\x32\x15.linkage.v1.QuerySpec\"A\n\x15StreamQueriesResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.linkage.v1.QueryResult\"N\n\x15GetQueryResultRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x04wait\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"A\n\x16GetQueryResultResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.linkage.v1.QueryResult\"F\n\x1c\x44iscloseAccessRecordsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x16\n\x0eunified_number\x18\x02 \x01(\t\"O\n\x1d\x44iscloseAccessRecordsResponse\x12.\n\x07records\x18\x01 \x03(\x0b\x32\x1d.linkage.v1.AccessRecordEntry\"L\n\"DisclosePersonAccessRecordsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x16\n\x0eunified_number\x18\x02 \x01(\t\"\x87\x01\n#DisclosePersonAccessRecordsResponse\x12/\n\x07records\x18\x01 \x03(\x0b\x32\x1e.linkage.v1.PlacedAccessRecord\x12/\n\nunanswered\x18\x02 \x03(\x0b\x32\x1b.linkage.v1.UnansweredPlace2\xa7\x07\n\x19IntermediateServerService\x12\x63\n\x12\x41\x63quireLinkageCode\x12%.linkage.v1.AcquireLinkageCodeRequest\x1a&.linkage.v1.AcquireLinkageCodeResponse\x12_\n\x10ImportDuplicates\x12#.linkage.v1.ImportDuplicatesRequest\x1a$.linkage.v1.ImportDuplicatesResponse(\x01\x12_\n\x10\x45xportDuplicates\x12#.linkage.v1.ExportDuplicatesRequest\x1a$.linkage.v1.ExportDuplicatesResponse0\x01\x12r\n\x17SetAutoResponseDisabled\x12*.linkage.v1.SetAutoResponseDisabledRequest\x1a+.linkage.v1.SetAutoResponseDisabledResponse\x12N\n\x0bSubmitQuery\x12\x1e.linkage.v1.SubmitQueryRequest\x1a\x1f.linkage.v1.SubmitQueryResponse\x12X\n\rStreamQueries\x12 .linkage.v1.StreamQueriesRequest\x1a!.linkage.v1.StreamQueriesResponse(\x01\x30\x01\x12W\n\x0eGetQueryResult\x12!.linkage.v1.GetQueryResultRequest\x1a\".linkage.v1.GetQueryResultResponse\x12l\n\x15\x44iscloseAccessRecords\x12(.linkage.v1.DiscloseAccessRecordsRequest\x1a).linkage.v1.DiscloseAccessRecordsResponse\x12~\n\x1b\x44isclosePersonAccessRecords\x12..linkage.v1.DisclosePersonAccessRecordsRequest\x1a/.linkage.v1.DisclosePersonAccessRecordsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'linkage.v1.intermediate_server_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACQUIRELINKAGECODEREQUEST']._serialized_start=142
-  _globals['_ACQUIRELINKAGECODEREQUEST']._serialized_end=236
-  _globals['_ACQUIRELINKAGECODERESPONSE']._serialized_start=238
-  _globals['_ACQUIRELINKAGECODERESPONSE']._serialized_end=315
-  _globals['_DUPLICATERECORD']._serialized_start=317
-  _globals['_DUPLICATERECORD']._serialized_end=433
-  _globals['_IMPORTDUPLICATESREQUEST']._serialized_start=436
-  _globals['_IMPORTDUPLICATESREQUEST']._serialized_end=567
-  _globals['_IMPORTDUPLICATESRESPONSE']._serialized_start=569
-  _globals['_IMPORTDUPLICATESRESPONSE']._serialized_end=659
-  _globals['_EXPORTDUPLICATESREQUEST']._serialized_start=661
-  _globals['_EXPORTDUPLICATESREQUEST']._serialized_end=746
-  _globals['_EXPORTDUPLICATESRESPONSE']._serialized_start=748
-  _globals['_EXPORTDUPLICATESRESPONSE']._serialized_end=820
-  _globals['_SETAUTORESPONSEDISABLEDREQUEST']._serialized_start=822
-  _globals['_SETAUTORESPONSEDISABLEDREQUEST']._serialized_end=931
-  _globals['_SETAUTORESPONSEDISABLEDRESPONSE']._serialized_start=933
-  _globals['_SETAUTORESPONSEDISABLEDRESPONSE']._serialized_end=983
-  _globals['_QUERYSPEC']._serialized_start=986
-  _globals['_QUERYSPEC']._serialized_end=1166
-  _globals['_QUERYRESULT']._serialized_start=1169
-  _globals['_QUERYRESULT']._serialized_end=1430
-  _globals['_SUBMITQUERYREQUEST']._serialized_start=1432
-  _globals['_SUBMITQUERYREQUEST']._serialized_end=1506
-  _globals['_SUBMITQUERYRESPONSE']._serialized_start=1508
-  _globals['_SUBMITQUERYRESPONSE']._serialized_end=1570
-  _globals['_STREAMQUERIESREQUEST']._serialized_start=1572
-  _globals['_STREAMQUERIESREQUEST']._serialized_end=1650
-  _globals['_STREAMQUERIESRESPONSE']._serialized_start=1652
-  _globals['_STREAMQUERIESRESPONSE']._serialized_end=1717
-  _globals['_GETQUERYRESULTREQUEST']._serialized_start=1719
-  _globals['_GETQUERYRESULTREQUEST']._serialized_end=1797
-  _globals['_GETQUERYRESULTRESPONSE']._serialized_start=1799
-  _globals['_GETQUERYRESULTRESPONSE']._serialized_end=1864
-  _globals['_DISCLOSEACCESSRECORDSREQUEST']._serialized_start=1866
-  _globals['_DISCLOSEACCESSRECORDSREQUEST']._serialized_end=1936
-  _globals['_DISCLOSEACCESSRECORDSRESPONSE']._serialized_start=1938
-  _globals['_DISCLOSEACCESSRECORDSRESPONSE']._serialized_end=2017
-  _globals['_INTERMEDIATESERVERSERVICE']._serialized_start=2020
-  _globals['_INTERMEDIATESERVERSERVICE']._serialized_end=2827
+  _globals['_ACQUIRELINKAGECODEREQUEST']._serialized_start=168
+  _globals['_ACQUIRELINKAGECODEREQUEST']._serialized_end=262
+  _globals['_ACQUIRELINKAGECODERESPONSE']._serialized_start=264
+  _globals['_ACQUIRELINKAGECODERESPONSE']._serialized_end=341
+  _globals['_DUPLICATERECORD']._serialized_start=343
+  _globals['_DUPLICATERECORD']._serialized_end=459
+  _globals['_IMPORTDUPLICATESREQUEST']._serialized_start=462
+  _globals['_IMPORTDUPLICATESREQUEST']._serialized_end=593
+  _globals['_IMPORTDUPLICATESRESPONSE']._serialized_start=595
+  _globals['_IMPORTDUPLICATESRESPONSE']._serialized_end=685
+  _globals['_EXPORTDUPLICATESREQUEST']._serialized_start=687
+  _globals['_EXPORTDUPLICATESREQUEST']._serialized_end=772
+  _globals['_EXPORTDUPLICATESRESPONSE']._serialized_start=774
+  _globals['_EXPORTDUPLICATESRESPONSE']._serialized_end=846
+  _globals['_SETAUTORESPONSEDISABLEDREQUEST']._serialized_start=848
+  _globals['_SETAUTORESPONSEDISABLEDREQUEST']._serialized_end=957
+  _globals['_SETAUTORESPONSEDISABLEDRESPONSE']._serialized_start=959
+  _globals['_SETAUTORESPONSEDISABLEDRESPONSE']._serialized_end=1009
+  _globals['_QUERYSPEC']._serialized_start=1012
+  _globals['_QUERYSPEC']._serialized_end=1192
+  _globals['_QUERYRESULT']._serialized_start=1195
+  _globals['_QUERYRESULT']._serialized_end=1456
+  _globals['_SUBMITQUERYREQUEST']._serialized_start=1458
+  _globals['_SUBMITQUERYREQUEST']._serialized_end=1532
+  _globals['_SUBMITQUERYRESPONSE']._serialized_start=1534
+  _globals['_SUBMITQUERYRESPONSE']._serialized_end=1596
+  _globals['_STREAMQUERIESREQUEST']._serialized_start=1598
+  _globals['_STREAMQUERIESREQUEST']._serialized_end=1676
+  _globals['_STREAMQUERIESRESPONSE']._serialized_start=1678
+  _globals['_STREAMQUERIESRESPONSE']._serialized_end=1743
+  _globals['_GETQUERYRESULTREQUEST']._serialized_start=1745
+  _globals['_GETQUERYRESULTREQUEST']._serialized_end=1823
+  _globals['_GETQUERYRESULTRESPONSE']._serialized_start=1825
+  _globals['_GETQUERYRESULTRESPONSE']._serialized_end=1890
+  _globals['_DISCLOSEACCESSRECORDSREQUEST']._serialized_start=1892
+  _globals['_DISCLOSEACCESSRECORDSREQUEST']._serialized_end=1962
+  _globals['_DISCLOSEACCESSRECORDSRESPONSE']._serialized_start=1964
+  _globals['_DISCLOSEACCESSRECORDSRESPONSE']._serialized_end=2043
+  _globals['_DISCLOSEPERSONACCESSRECORDSREQUEST']._serialized_start=2045
+  _globals['_DISCLOSEPERSONACCESSRECORDSREQUEST']._serialized_end=2121
+  _globals['_DISCLOSEPERSONACCESSRECORDSRESPONSE']._serialized_start=2124
+  _globals['_DISCLOSEPERSONACCESSRECORDSRESPONSE']._serialized_end=2259
+  _globals['_INTERMEDIATESERVERSERVICE']._serialized_start=2262
+  _globals['_INTERMEDIATESERVERSERVICE']._serialized_end=3197
 # @@protoc_insertion_point(module_scope)

@@ -12,6 +12,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from linkage.v1 import common_pb2 as _common_pb2
+from linkage.v1 import network_pb2 as _network_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -598,3 +599,59 @@ class DiscloseAccessRecordsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DiscloseAccessRecordsResponse: _TypeAlias = DiscloseAccessRecordsResponse  # noqa: Y015
+
+@_typing.final
+class DisclosePersonAccessRecordsRequest(_message.Message):
+    """Request of DisclosePersonAccessRecords."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    UNIFIED_NUMBER_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The tenant asking on the person's behalf, "organizations/{code}"."""
+    unified_number: _builtins.str
+    """The person's unified number at that tenant."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        unified_number: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "unified_number", b"unified_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DisclosePersonAccessRecordsRequest: _TypeAlias = DisclosePersonAccessRecordsRequest  # noqa: Y015
+
+@_typing.final
+class DisclosePersonAccessRecordsResponse(_message.Message):
+    """Response of DisclosePersonAccessRecords."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    UNANSWERED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[_network_pb2.PlacedAccessRecord]:
+        """The records of every place that answered (this tenant's among them), oldest first."""
+
+    @_builtins.property
+    def unanswered(self) -> _containers.RepeatedCompositeFieldContainer[_network_pb2.UnansweredPlace]:
+        """The places that did not answer."""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[_network_pb2.PlacedAccessRecord] | None = ...,
+        unanswered: _abc.Iterable[_network_pb2.UnansweredPlace] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records", "unanswered", b"unanswered"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DisclosePersonAccessRecordsResponse: _TypeAlias = DisclosePersonAccessRecordsResponse  # noqa: Y015

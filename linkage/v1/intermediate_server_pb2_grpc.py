@@ -77,6 +77,11 @@ class IntermediateServerServiceStub:
                 request_serializer=linkage_dot_v1_dot_intermediate__server__pb2.DiscloseAccessRecordsRequest.SerializeToString,
                 response_deserializer=linkage_dot_v1_dot_intermediate__server__pb2.DiscloseAccessRecordsResponse.FromString,
                 _registered_method=True)
+        self.DisclosePersonAccessRecords = channel.unary_unary(
+                '/linkage.v1.IntermediateServerService/DisclosePersonAccessRecords',
+                request_serializer=linkage_dot_v1_dot_intermediate__server__pb2.DisclosePersonAccessRecordsRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_intermediate__server__pb2.DisclosePersonAccessRecordsResponse.FromString,
+                _registered_method=True)
 
 
 class IntermediateServerServiceServicer:
@@ -150,6 +155,20 @@ class IntermediateServerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DisclosePersonAccessRecords(self, request, context):
+        """Everything recorded about one person everywhere (情報提供等記録開示, what the person sees
+        on マイナポータル): this tenant's records, the network's, and those of every other
+        organization the network knows took part, each tagged with its place. The network is
+        asked with the tenant's linkage code for the person, with a deadline; a place that did
+        not answer is listed in `unanswered` (the network itself too, when unreachable or when
+        the tenant holds no code for the person: NO_LINKAGE_CODE). Errors: PERMISSION_DENIED
+        (caller is not this tenant's unified address server; checked first), INVALID_ARGUMENT
+        (malformed unified number).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IntermediateServerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -192,6 +211,11 @@ def add_IntermediateServerServiceServicer_to_server(servicer, server):
                     servicer.DiscloseAccessRecords,
                     request_deserializer=linkage_dot_v1_dot_intermediate__server__pb2.DiscloseAccessRecordsRequest.FromString,
                     response_serializer=linkage_dot_v1_dot_intermediate__server__pb2.DiscloseAccessRecordsResponse.SerializeToString,
+            ),
+            'DisclosePersonAccessRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisclosePersonAccessRecords,
+                    request_deserializer=linkage_dot_v1_dot_intermediate__server__pb2.DisclosePersonAccessRecordsRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_intermediate__server__pb2.DisclosePersonAccessRecordsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -413,6 +437,33 @@ class IntermediateServerService:
             '/linkage.v1.IntermediateServerService/DiscloseAccessRecords',
             linkage_dot_v1_dot_intermediate__server__pb2.DiscloseAccessRecordsRequest.SerializeToString,
             linkage_dot_v1_dot_intermediate__server__pb2.DiscloseAccessRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisclosePersonAccessRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.IntermediateServerService/DisclosePersonAccessRecords',
+            linkage_dot_v1_dot_intermediate__server__pb2.DisclosePersonAccessRecordsRequest.SerializeToString,
+            linkage_dot_v1_dot_intermediate__server__pb2.DisclosePersonAccessRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

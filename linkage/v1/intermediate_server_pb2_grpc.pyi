@@ -68,6 +68,16 @@ class IntermediateServerServiceStub:
     """
     DiscloseAccessRecords: _grpc.UnaryUnaryMultiCallable[_intermediate_server_pb2.DiscloseAccessRecordsRequest, _intermediate_server_pb2.DiscloseAccessRecordsResponse]
     """This server's access records about one person (as requester and as provider)."""
+    DisclosePersonAccessRecords: _grpc.UnaryUnaryMultiCallable[_intermediate_server_pb2.DisclosePersonAccessRecordsRequest, _intermediate_server_pb2.DisclosePersonAccessRecordsResponse]
+    """Everything recorded about one person everywhere (情報提供等記録開示, what the person sees
+    on マイナポータル): this tenant's records, the network's, and those of every other
+    organization the network knows took part, each tagged with its place. The network is
+    asked with the tenant's linkage code for the person, with a deadline; a place that did
+    not answer is listed in `unanswered` (the network itself too, when unreachable or when
+    the tenant holds no code for the person: NO_LINKAGE_CODE). Errors: PERMISSION_DENIED
+    (caller is not this tenant's unified address server; checked first), INVALID_ARGUMENT
+    (malformed unified number).
+    """
 
 @_typing.type_check_only
 class IntermediateServerServiceAsyncStub(IntermediateServerServiceStub):
@@ -107,6 +117,16 @@ class IntermediateServerServiceAsyncStub(IntermediateServerServiceStub):
     """
     DiscloseAccessRecords: _aio.UnaryUnaryMultiCallable[_intermediate_server_pb2.DiscloseAccessRecordsRequest, _intermediate_server_pb2.DiscloseAccessRecordsResponse]  # type: ignore[assignment]
     """This server's access records about one person (as requester and as provider)."""
+    DisclosePersonAccessRecords: _aio.UnaryUnaryMultiCallable[_intermediate_server_pb2.DisclosePersonAccessRecordsRequest, _intermediate_server_pb2.DisclosePersonAccessRecordsResponse]  # type: ignore[assignment]
+    """Everything recorded about one person everywhere (情報提供等記録開示, what the person sees
+    on マイナポータル): this tenant's records, the network's, and those of every other
+    organization the network knows took part, each tagged with its place. The network is
+    asked with the tenant's linkage code for the person, with a deadline; a place that did
+    not answer is listed in `unanswered` (the network itself too, when unreachable or when
+    the tenant holds no code for the person: NO_LINKAGE_CODE). Errors: PERMISSION_DENIED
+    (caller is not this tenant's unified address server; checked first), INVALID_ARGUMENT
+    (malformed unified number).
+    """
 
 class IntermediateServerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Code management, the duplicate store, queries and disclosure for one tenant organization.
@@ -191,5 +211,21 @@ class IntermediateServerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_intermediate_server_pb2.DiscloseAccessRecordsResponse, _abc.Awaitable[_intermediate_server_pb2.DiscloseAccessRecordsResponse]]:
         """This server's access records about one person (as requester and as provider)."""
+
+    @_abc_1.abstractmethod
+    def DisclosePersonAccessRecords(
+        self,
+        request: _intermediate_server_pb2.DisclosePersonAccessRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_intermediate_server_pb2.DisclosePersonAccessRecordsResponse, _abc.Awaitable[_intermediate_server_pb2.DisclosePersonAccessRecordsResponse]]:
+        """Everything recorded about one person everywhere (情報提供等記録開示, what the person sees
+        on マイナポータル): this tenant's records, the network's, and those of every other
+        organization the network knows took part, each tagged with its place. The network is
+        asked with the tenant's linkage code for the person, with a deadline; a place that did
+        not answer is listed in `unanswered` (the network itself too, when unreachable or when
+        the tenant holds no code for the person: NO_LINKAGE_CODE). Errors: PERMISSION_DENIED
+        (caller is not this tenant's unified address server; checked first), INVALID_ARGUMENT
+        (malformed unified number).
+        """
 
 def add_IntermediateServerServiceServicer_to_server(servicer: IntermediateServerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -662,3 +662,117 @@ class DiscloseNetworkAccessRecordsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DiscloseNetworkAccessRecordsResponse: _TypeAlias = DiscloseNetworkAccessRecordsResponse  # noqa: Y015
+
+@_typing.final
+class CollectPersonAccessRecordsRequest(_message.Message):
+    """Request of CollectPersonAccessRecords."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_FIELD_NUMBER: _builtins.int
+    LINKAGE_CODE_FIELD_NUMBER: _builtins.int
+    organization: _builtins.str
+    """Organization code asking on the person's behalf (must match the caller)."""
+    linkage_code: _builtins.str
+    """The person's linkage code at that organization."""
+    def __init__(
+        self,
+        *,
+        organization: _builtins.str = ...,
+        linkage_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["linkage_code", b"linkage_code", "organization", b"organization"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollectPersonAccessRecordsRequest: _TypeAlias = CollectPersonAccessRecordsRequest  # noqa: Y015
+
+@_typing.final
+class CollectPersonAccessRecordsResponse(_message.Message):
+    """Response of CollectPersonAccessRecords."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    UNANSWERED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlacedAccessRecord]:
+        """The records of every place that answered, oldest first."""
+
+    @_builtins.property
+    def unanswered(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnansweredPlace]:
+        """The places asked that did not answer (unreachable, too slow, refused)."""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___PlacedAccessRecord] | None = ...,
+        unanswered: _abc.Iterable[Global___UnansweredPlace] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records", "unanswered", b"unanswered"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollectPersonAccessRecordsResponse: _TypeAlias = CollectPersonAccessRecordsResponse  # noqa: Y015
+
+@_typing.final
+class PlacedAccessRecord(_message.Message):
+    """One disclosed access record and the place that kept it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLACE_FIELD_NUMBER: _builtins.int
+    RECORD_FIELD_NUMBER: _builtins.int
+    place: _builtins.str
+    """Where it was kept: an organization code (that organization's intermediate server) or
+    "network".
+    """
+    @_builtins.property
+    def record(self) -> _common_pb2.AccessRecordEntry:
+        """The record (record fields only, never data contents or a person's identifiers)."""
+
+    def __init__(
+        self,
+        *,
+        place: _builtins.str = ...,
+        record: _common_pb2.AccessRecordEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["place", b"place", "record", b"record"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlacedAccessRecord: _TypeAlias = PlacedAccessRecord  # noqa: Y015
+
+@_typing.final
+class UnansweredPlace(_message.Message):
+    """A place asked for a person's records that did not answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLACE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    place: _builtins.str
+    """An organization code, or "network"."""
+    reason: _builtins.str
+    """Why, in UPPER_SNAKE: e.g. ORGANIZATION_UNAVAILABLE (unreachable or past the deadline),
+    ORGANIZATION_NOT_FOUND (no directory entry), or the place's own error reason.
+    """
+    def __init__(
+        self,
+        *,
+        place: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["place", b"place", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnansweredPlace: _TypeAlias = UnansweredPlace  # noqa: Y015

@@ -88,6 +88,11 @@ class NetworkServiceStub:
                 request_serializer=linkage_dot_v1_dot_network__pb2.DiscloseNetworkAccessRecordsRequest.SerializeToString,
                 response_deserializer=linkage_dot_v1_dot_network__pb2.DiscloseNetworkAccessRecordsResponse.FromString,
                 _registered_method=True)
+        self.CollectPersonAccessRecords = channel.unary_unary(
+                '/linkage.v1.NetworkService/CollectPersonAccessRecords',
+                request_serializer=linkage_dot_v1_dot_network__pb2.CollectPersonAccessRecordsRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_network__pb2.CollectPersonAccessRecordsResponse.FromString,
+                _registered_method=True)
 
 
 class NetworkServiceServicer:
@@ -180,6 +185,20 @@ class NetworkServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CollectPersonAccessRecords(self, request, context):
+        """A person's access records from every place but the asking organization's own server: the
+        network's records, and those of every other organization that holds a linkage code for
+        the person or took part in a query about them (asked through their platforms'
+        InboundService.DiscloseOrganizationAccessRecords, in parallel, each with a deadline). The
+        caller names the person by its own linkage code; no organization's code is returned. A
+        place that did not answer in time is listed in `unanswered`, never silently left out.
+        Errors: PERMISSION_DENIED (acting as another organization), INVALID_ARGUMENT (malformed
+        code), NOT_FOUND (code unknown at that organization), RESOURCE_EXHAUSTED (rate limit).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NetworkServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -232,6 +251,11 @@ def add_NetworkServiceServicer_to_server(servicer, server):
                     servicer.DiscloseNetworkAccessRecords,
                     request_deserializer=linkage_dot_v1_dot_network__pb2.DiscloseNetworkAccessRecordsRequest.FromString,
                     response_serializer=linkage_dot_v1_dot_network__pb2.DiscloseNetworkAccessRecordsResponse.SerializeToString,
+            ),
+            'CollectPersonAccessRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.CollectPersonAccessRecords,
+                    request_deserializer=linkage_dot_v1_dot_network__pb2.CollectPersonAccessRecordsRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_network__pb2.CollectPersonAccessRecordsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -508,6 +532,33 @@ class NetworkService:
             '/linkage.v1.NetworkService/DiscloseNetworkAccessRecords',
             linkage_dot_v1_dot_network__pb2.DiscloseNetworkAccessRecordsRequest.SerializeToString,
             linkage_dot_v1_dot_network__pb2.DiscloseNetworkAccessRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CollectPersonAccessRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NetworkService/CollectPersonAccessRecords',
+            linkage_dot_v1_dot_network__pb2.CollectPersonAccessRecordsRequest.SerializeToString,
+            linkage_dot_v1_dot_network__pb2.CollectPersonAccessRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -79,6 +79,16 @@ class NetworkServiceStub:
     """The network's access records about one person, for disclosure (マイナポータル). The
     caller names the person by its own linkage code. Errors: NOT_FOUND (unknown code).
     """
+    CollectPersonAccessRecords: _grpc.UnaryUnaryMultiCallable[_network_pb2.CollectPersonAccessRecordsRequest, _network_pb2.CollectPersonAccessRecordsResponse]
+    """A person's access records from every place but the asking organization's own server: the
+    network's records, and those of every other organization that holds a linkage code for
+    the person or took part in a query about them (asked through their platforms'
+    InboundService.DiscloseOrganizationAccessRecords, in parallel, each with a deadline). The
+    caller names the person by its own linkage code; no organization's code is returned. A
+    place that did not answer in time is listed in `unanswered`, never silently left out.
+    Errors: PERMISSION_DENIED (acting as another organization), INVALID_ARGUMENT (malformed
+    code), NOT_FOUND (code unknown at that organization), RESOURCE_EXHAUSTED (rate limit).
+    """
 
 @_typing.type_check_only
 class NetworkServiceAsyncStub(NetworkServiceStub):
@@ -128,6 +138,16 @@ class NetworkServiceAsyncStub(NetworkServiceStub):
     DiscloseNetworkAccessRecords: _aio.UnaryUnaryMultiCallable[_network_pb2.DiscloseNetworkAccessRecordsRequest, _network_pb2.DiscloseNetworkAccessRecordsResponse]  # type: ignore[assignment]
     """The network's access records about one person, for disclosure (マイナポータル). The
     caller names the person by its own linkage code. Errors: NOT_FOUND (unknown code).
+    """
+    CollectPersonAccessRecords: _aio.UnaryUnaryMultiCallable[_network_pb2.CollectPersonAccessRecordsRequest, _network_pb2.CollectPersonAccessRecordsResponse]  # type: ignore[assignment]
+    """A person's access records from every place but the asking organization's own server: the
+    network's records, and those of every other organization that holds a linkage code for
+    the person or took part in a query about them (asked through their platforms'
+    InboundService.DiscloseOrganizationAccessRecords, in parallel, each with a deadline). The
+    caller names the person by its own linkage code; no organization's code is returned. A
+    place that did not answer in time is listed in `unanswered`, never silently left out.
+    Errors: PERMISSION_DENIED (acting as another organization), INVALID_ARGUMENT (malformed
+    code), NOT_FOUND (code unknown at that organization), RESOURCE_EXHAUSTED (rate limit).
     """
 
 class NetworkServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -235,6 +255,22 @@ class NetworkServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_network_pb2.DiscloseNetworkAccessRecordsResponse, _abc.Awaitable[_network_pb2.DiscloseNetworkAccessRecordsResponse]]:
         """The network's access records about one person, for disclosure (マイナポータル). The
         caller names the person by its own linkage code. Errors: NOT_FOUND (unknown code).
+        """
+
+    @_abc_1.abstractmethod
+    def CollectPersonAccessRecords(
+        self,
+        request: _network_pb2.CollectPersonAccessRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_network_pb2.CollectPersonAccessRecordsResponse, _abc.Awaitable[_network_pb2.CollectPersonAccessRecordsResponse]]:
+        """A person's access records from every place but the asking organization's own server: the
+        network's records, and those of every other organization that holds a linkage code for
+        the person or took part in a query about them (asked through their platforms'
+        InboundService.DiscloseOrganizationAccessRecords, in parallel, each with a deadline). The
+        caller names the person by its own linkage code; no organization's code is returned. A
+        place that did not answer in time is listed in `unanswered`, never silently left out.
+        Errors: PERMISSION_DENIED (acting as another organization), INVALID_ARGUMENT (malformed
+        code), NOT_FOUND (code unknown at that organization), RESOURCE_EXHAUSTED (rate limit).
         """
 
 def add_NetworkServiceServicer_to_server(servicer: NetworkServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

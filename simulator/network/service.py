@@ -21,12 +21,13 @@ from typing import TypeAlias, TypeVar
 
 import grpc
 
-from linkage.errors import LinkageError, NotFound, PermissionDenied
+from linkage.errors import FailedPrecondition, LinkageError, NotFound, PermissionDenied
 from linkage.rpc import caller, require_caller
 from linkage.v1 import common_pb2, network_pb2, network_pb2_grpc
 from simulator.network import parse
 from simulator.network.codes import CodeDesk
 from simulator.network.directory import Directory, OrgEntry, SigningKey
+from simulator.network.disclosure import PersonRecordsCollector
 from simulator.network.keystore import PermitKeys, PublishedKey
 from simulator.network.ledger import LEDGER_ID, DisclosedRecord
 from simulator.network.queries import QueryDesk
@@ -37,6 +38,7 @@ Context = grpc.aio.ServicerContext[object, object]
 ADMIN = "admin"
 REGISTRY = "registry"
 ORG_PREFIX = "org."
+_DEADLINE_MARGIN = 0.5  # seconds kept back from the caller's deadline to build the answer
 
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
@@ -88,6 +90,7 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
         limiter: RateLimiter | None,
         refusals: Refusals,
         clock: Callable[[], datetime],
+        collector: PersonRecordsCollector | None = None,
     ) -> None:
         self._directory = directory
         self._codes = codes
@@ -97,6 +100,7 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
         self._limiter = limiter
         self._refusals = refusals
         self._clock = clock
+        self._collector = collector
 
     # --- who may call -------------------------------------------------------------------------
 
@@ -250,6 +254,30 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
         records = await asyncio.to_thread(self._codes.disclose, organization, code, organizations)
         return network_pb2.DiscloseNetworkAccessRecordsResponse(
             records=[_disclosed(record) for record in records]
+        )
+
+    @_records_refusals("organization")
+    async def CollectPersonAccessRecords(  # noqa: N802 (gRPC method name)
+        self, request: network_pb2.CollectPersonAccessRecordsRequest, context: Context
+    ) -> network_pb2.CollectPersonAccessRecordsResponse:
+        organization = self._as_org(request.organization, "organization")
+        code = parse.linkage_code(request.linkage_code)
+        if self._collector is None:
+            raise FailedPrecondition(
+                "DISCLOSURE_NOT_CONFIGURED", "this network cannot reach the organizations"
+            )
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else remaining - _DEADLINE_MARGIN
+        collected = await self._collector.collect(organization, code, deadline=deadline)
+        return network_pb2.CollectPersonAccessRecordsResponse(
+            records=[
+                network_pb2.PlacedAccessRecord(place=p.place, record=p.record)
+                for p in collected.records
+            ],
+            unanswered=[
+                network_pb2.UnansweredPlace(place=place, reason=reason)
+                for place, reason in collected.unanswered
+            ],
         )
 
     # --- messages ------------------------------------------------------------------------------

@@ -65,6 +65,9 @@ CALLS: dict[str, Call] = {
     "DiscloseAccessRecords": lambda ua, p: ua.DiscloseAccessRecords(
         pb.DiscloseAccessRecordsRequest(parent=p, unified_number="J-1")
     ),
+    "DisclosePersonAccessRecords": lambda ua, p: ua.DisclosePersonAccessRecords(
+        pb.DisclosePersonAccessRecordsRequest(parent=p, unified_number="J-1")
+    ),
 }
 
 
