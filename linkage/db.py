@@ -7,6 +7,13 @@ PostgreSQL database) and uses only its own tables, which are prefixed by system:
 
 SQLite is opened in WAL mode with ``synchronous=NORMAL`` (durable across process crashes, which
 is what the fault tests kill) and a busy timeout so concurrent writers wait instead of failing.
+
+PostgreSQL connections get a ``connect_timeout`` (``DEFAULT_CONNECT_TIMEOUT`` unless the URL or
+the caller sets one: libpq has none, so a database that does not answer would hold a call and
+a worker thread for as long as TCP keeps trying) and TCP keepalives with a user timeout (a
+database host that vanishes mid-statement is noticed within a minute, not after TCP's
+retransmissions give up, 15 minutes or more). Either failure is an ``OperationalError``, which
+``linkage.rpc`` reports as UNAVAILABLE/DATABASE_UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -16,9 +23,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import MetaData, create_engine, event
+from sqlalchemy import MetaData, create_engine, event, make_url, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -49,13 +57,68 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
-    """Create an engine for ``url``; SQLite files get WAL and a busy timeout."""
+DEFAULT_CONNECT_TIMEOUT = 5
+"""Seconds to wait for a PostgreSQL connection (libpq counts whole seconds, at least 2)."""
+KEEPALIVE_IDLE = 15  # seconds of silence before the first TCP keepalive probe
+KEEPALIVE_INTERVAL = 5  # seconds between probes
+KEEPALIVE_COUNT = 3  # probes unanswered before the connection is dead
+TCP_USER_TIMEOUT_MS = 30_000  # sent data unacknowledged this long: the connection is dead
+
+
+def make_engine(
+    url: str, *, echo: bool = False, connect_timeout: int | None = DEFAULT_CONNECT_TIMEOUT
+) -> Engine:
+    """Create an engine for ``url``; SQLite files get WAL and a busy timeout.
+
+    PostgreSQL: ``connect_timeout`` seconds for a connection (a ``connect_timeout`` in the URL
+    wins; None leaves libpq's default, no limit) and keepalives (see the module docstring).
+    """
     if url.startswith("sqlite"):
         engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _on_sqlite_connect)
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_engine(
+        url,
+        echo=echo,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=10,
+        connect_args=postgres_connect_args(url, connect_timeout),
+    )
+
+
+def postgres_connect_args(url: str, connect_timeout: int | None) -> dict[str, Any]:
+    """libpq parameters for ``url``: the timeouts above, where the URL does not set them."""
+    if make_url(url).get_backend_name() != "postgresql":
+        return {}
+    args: dict[str, Any] = {
+        "keepalives": 1,
+        "keepalives_idle": KEEPALIVE_IDLE,
+        "keepalives_interval": KEEPALIVE_INTERVAL,
+        "keepalives_count": KEEPALIVE_COUNT,
+        "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+    }
+    if connect_timeout is not None:
+        if connect_timeout <= 0:
+            raise ValueError("connect_timeout must be positive (or None: no limit)")
+        args["connect_timeout"] = connect_timeout
+    given = make_url(url).query
+    return {name: value for name, value in args.items() if name not in given}
+
+
+def probe_engine(url: str, *, connect_timeout: int | None = DEFAULT_CONNECT_TIMEOUT) -> Engine:
+    """An engine for health probes of the database at ``url``: a fresh connection per probe
+    (no pool), so a probe tells whether the database answers now, and never waits for, or
+    takes, a connection the app's requests need."""
+    return create_engine(
+        url, poolclass=NullPool, connect_args=postgres_connect_args(url, connect_timeout)
+    )
+
+
+def ping(engine: Engine) -> None:
+    """``SELECT 1`` on a connection of ``engine``; raises when the database does not answer."""
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
 
 
 def migrate(url: str) -> None:

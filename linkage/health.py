@@ -9,6 +9,14 @@ native ``grpc:`` probes). The probe port reports what the real port would: NOT_S
 drains, UNKNOWN-service NOT_FOUND for a service it does not serve, and NOT_SERVING when the real
 port does not answer.
 
+Readiness follows the database: ``DatabaseHealth`` (started by every app) runs a cheap probe
+(``SELECT 1`` on a connection of its own) every few seconds and reports the server, and each of
+its services, NOT_SERVING while the database does not answer and SERVING once it does again,
+so a readiness probe takes the replica out of rotation during a database outage and back after
+it, without a restart. The service name ``liveness`` (``linkage.rpc.LIVENESS_SERVICE``) stays
+SERVING until shutdown whatever the database does: a liveness probe asks for it, so a database
+outage never gets a server restarted.
+
 Exit status of the command: 0 SERVING; 1 reachable but not SERVING (or the service is unknown);
 2 unreachable or failed (no answer within the timeout, TLS refused, bad arguments).
 
@@ -20,20 +28,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from linkage.rpc import Security
+from linkage.logs import get_logger
+from linkage.rpc import RunningServer, Security
+
+log = get_logger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 EXIT_SERVING, EXIT_NOT_SERVING, EXIT_UNREACHABLE = 0, 1, 2
 DEFAULT_TIMEOUT = 3.0
+DATABASE_PROBE_INTERVAL = 5.0
+"""Seconds between two database probes (a readiness probe asks every 5 to 10 s)."""
+DATABASE_PROBE_TIMEOUT = 3.0
+"""Seconds a database probe may take before the database counts as unreachable."""
 
 
 async def check(
@@ -125,6 +142,87 @@ async def serve_probe(
         raise OSError(f"could not bind the probe port {host}:{port}")
     await server.start()
     return ProbeServer(server, servicer, bound)
+
+
+class DatabaseHealth:
+    """Keeps a server's health status in step with its database.
+
+    ``check`` is a blocking probe (``linkage.db.ping`` of a probe engine) that raises when the
+    database does not answer; it runs in a worker thread every ``interval`` seconds, the first
+    time at ``start``. A probe that raises, or takes longer than ``timeout``, makes the server
+    (service "") and each of its services NOT_SERVING; the next probe that succeeds makes them
+    SERVING again. A probe still running at the next tick counts as a failure and is not
+    started twice. ``stop`` before the server stops (it then reports NOT_SERVING for good).
+    """
+
+    def __init__(
+        self,
+        server: RunningServer,
+        check: Callable[[], object],
+        *,
+        interval: float = DATABASE_PROBE_INTERVAL,
+        timeout: float = DATABASE_PROBE_TIMEOUT,
+    ) -> None:
+        if interval <= 0 or timeout <= 0:
+            raise ValueError("interval and timeout must be positive")
+        self._server = server
+        self._check = check
+        self._interval = interval
+        self._timeout = timeout
+        self._probe: asyncio.Future[object] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.reachable = True  # the server starts SERVING: its start-up used the database
+
+    async def start(self) -> None:
+        """Probe now, then every ``interval`` seconds (a second start does nothing)."""
+        if self._task is None or self._task.done():
+            await self.probe_once()
+            self._task = asyncio.create_task(self._run(), name="database-health")
+
+    async def stop(self) -> None:
+        """Stop probing; a probe in progress may finish (up to ``timeout``) first, so none runs
+        once this returns (the app disposes of the probe's engine next)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._probe is not None and not self._probe.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._probe), self._timeout)
+
+    async def probe_once(self) -> bool:
+        """Probe the database now and report the outcome; whether it answered."""
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(asyncio.to_thread(self._check))
+            self._probe.add_done_callback(_retrieve)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._probe), self._timeout)
+            reachable = True
+        except Exception as error:  # the probe failed or timed out: unreachable
+            reachable = False
+            problem = type(error).__name__
+        if reachable != self.reachable:
+            if reachable:
+                log.info("database_reachable")
+            else:
+                log.warning("database_unreachable", error=problem)
+        self.reachable = reachable
+        status = SERVING if reachable else NOT_SERVING
+        for name in ("", *self._server.service_names):
+            await self._server.health.set(name, status)
+        return reachable
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.probe_once()
+
+
+def _retrieve(probe: asyncio.Future[object]) -> None:
+    """Take the outcome of a probe nobody awaited any more (it outlived its timeout)."""
+    if not probe.cancelled():
+        probe.exception()
 
 
 def _parser() -> argparse.ArgumentParser:

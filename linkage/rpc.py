@@ -54,6 +54,9 @@ CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("linkage_caller", d
 INSECURE_IDENTITY_KEY = "x-linkage-insecure-identity"
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 _OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+LIVENESS_SERVICE = "liveness"
+"""A health service name that is SERVING from start to shutdown, whatever the database does
+(``linkage.health.DatabaseHealth`` moves the others): what a liveness probe asks for."""
 TLS_SERVER_NAME_ENV = "LINKAGE_TLS_SERVER_NAME"
 LB_POLICY_ENV = "LINKAGE_GRPC_LB_POLICY"
 _NAME_OVERRIDE = "grpc.ssl_target_name_override"
@@ -441,7 +444,7 @@ async def start_server(
     if bound == 0:
         raise OSError(f"could not bind {address}")
     await server.start()
-    for name in ("", *names):
+    for name in ("", *names, LIVENESS_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(server, bound, health_servicer, tuple(names), time.monotonic())
 

@@ -14,7 +14,11 @@ lock beside an SQLite file), so replicas may start together; ``--migrate-only`` 
 exits (a Kubernetes init container or a Compose one-shot service).
 
 ``--health-port`` opens a plaintext port that answers only the gRPC health check, by asking the
-real port (``linkage.health``): for probes that cannot present a client certificate.
+real port (``linkage.health``): for probes that cannot present a client certificate. The status
+follows the database (probed every ``--database-probe-interval`` seconds: NOT_SERVING while it
+does not answer); the service ``liveness`` stays SERVING until shutdown, for liveness probes.
+Every app with a ledger also purges the access records past their seven years, every
+``--records-retention-interval`` seconds.
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ def _env(name: str, default: str = "") -> str:
 
 def _optional_int(text: str) -> int | None:
     return int(text) if text.strip() else None
+
+
+def _optional_float(text: str) -> float | None:
+    return float(text) if text.strip() else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +121,49 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(_env("REDELIVERY_INTERVAL", "30")),
         help="server: seconds between retries of late answers not yet delivered",
     )
+    parser.add_argument(
+        "--resend-after",
+        type=_optional_float,
+        default=_optional_float(_env("RESEND_AFTER")),
+        help="server: seconds after which a query still in flight is sent again when asked "
+        "for (its sender died); more than --network-timeout; default that plus 5",
+    )
+    parser.add_argument(
+        "--provider-wait",
+        type=float,
+        default=float(_env("PROVIDER_WAIT", "2")),
+        help="network: seconds a call waits for a platform that is not connected (restarting)",
+    )
+    parser.add_argument(
+        "--database-connect-timeout",
+        type=int,
+        default=int(_env("DATABASE_CONNECT_TIMEOUT", "5")),
+        help="seconds to wait for a PostgreSQL connection (a connect_timeout in the URL wins)",
+    )
+    parser.add_argument(
+        "--database-probe-interval",
+        type=float,
+        default=float(_env("DATABASE_PROBE_INTERVAL", "5")),
+        help="seconds between database probes: health is NOT_SERVING while it does not answer",
+    )
+    parser.add_argument(
+        "--records-retention-interval",
+        type=float,
+        default=float(_env("RECORDS_RETENTION_INTERVAL", "3600")),
+        help="seconds between purges of access records past their seven years",
+    )
     return parser
+
+
+def _database_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``Config`` settings every app with a database and a ledger takes from the CLI."""
+    from datetime import timedelta
+
+    return {
+        "database_connect_timeout": args.database_connect_timeout,
+        "database_probe_interval": args.database_probe_interval,
+        "records_retention_interval": timedelta(seconds=args.records_retention_interval),
+    }
 
 
 def _tenants(values: list[str]) -> list[Any]:
@@ -189,9 +239,11 @@ async def _start_network(args: argparse.Namespace) -> Any:
             security=_security(args, _identity(args)),
             data_dir=args.data_dir / "keys" / "network",
             route_timeout=args.route_timeout,
+            provider_wait=args.provider_wait,
             host=args.host,
             port=args.port,
             migrate=False,  # done by ``migrate`` (under the lock) before the app starts
+            **_database_settings(args),
         )
     )
 
@@ -209,6 +261,7 @@ async def _start_registry(args: argparse.Namespace) -> Any:
             host=args.host,
             port=args.port,
             migrate=False,  # done by ``migrate`` (under the lock) before the app starts
+            **_database_settings(args),
         )
     )
 
@@ -232,6 +285,10 @@ async def _start_server(args: argparse.Namespace) -> Any:
             migrate=False,  # done by ``migrate`` (under the lock) before the app starts
             network_timeout=args.network_timeout,
             redelivery_interval=timedelta(seconds=args.redelivery_interval),
+            resend_after=(
+                None if args.resend_after is None else timedelta(seconds=args.resend_after)
+            ),
+            **_database_settings(args),
         )
     )
 
@@ -256,6 +313,7 @@ async def _start_unified_address(args: argparse.Namespace) -> Any:
             port=args.port,
             migrate=False,  # done by ``migrate`` (under the lock) before the app starts
             server_identity=f"platform.{spec.platform if spec else args.platform}",
+            **_database_settings(args),
         )
     )
 

@@ -5,7 +5,8 @@ organizations: the database, each tenant's key ring and data key under ``data_di
 platform's record-checkpoint key, the permission list copy, one network channel per tenant (as
 ``org.<code>``), the domain objects, the gRPC server (``platform.<name>``) with health and
 reflection (intermediate server, inbound, staff, review and system management services), and
-the background jobs (purge of expired data, redelivery of late answers). ``App`` also hands the
+the background jobs (purge of expired data, redelivery of late answers, retention of the
+tenants' access records, the database probe behind the health status). ``App`` also hands the
 world harness and tests what they need without gRPC: each tenant's public keys, the domain
 handles, and the operator's way to create a staff account (``create_staff_account``).
 
@@ -27,9 +28,15 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from linkage import db
+from linkage.health import DATABASE_PROBE_INTERVAL, DatabaseHealth
 from linkage.keys import KeyRing, PublicKeys, private_dir
 from linkage.logs import get_logger
 from linkage.records.ledger import Ledger
+from linkage.records.retention import (
+    DEFAULT_RETENTION,
+    DEFAULT_RETENTION_INTERVAL,
+    RetentionJob,
+)
 from linkage.rpc import RunningServer, Security, start_server
 from linkage.v1 import (
     inbound_pb2,
@@ -46,13 +53,14 @@ from linkage.v1 import intermediate_server_pb2_grpc as isg
 from permission_list import PermissionList
 from server.codes import CodeManager
 from server.directory import Directory
+from server.disclosure import NetworkRecords, PersonDisclosure
 from server.duplicates import DuplicateStore
 from server.network_client import GrpcNetwork
 from server.ports import NetworkPort, system_clock
 from server.provision import Provider
 from server.queries import Requester
 from server.querykeys import QueryKeys
-from server.records import Recorder
+from server.records import Recorder, ledger_of
 from server.retention import PurgeReport, Retention
 from server.review import Review
 from server.service_inbound import InboundServicer
@@ -75,6 +83,8 @@ REVIEW_SERVICE = review_pb2.DESCRIPTOR.services_by_name["ReviewService"].full_na
 SYSTEM_SERVICE = system_management_pb2.DESCRIPTOR.services_by_name[
     "SystemManagementService"
 ].full_name
+RESEND_MARGIN = timedelta(seconds=5)
+"""How much longer than ``network_timeout`` a query stays IN_FLIGHT before it is resent."""
 
 
 @dataclass
@@ -90,6 +100,18 @@ class Config:
     at start-up (tests that create tables themselves turn it off). ``network`` replaces the
     gRPC network client (tests with a fake network). ``staff`` sets session lifetimes, the
     sign-in lockout and the password hash cost.
+
+    ``resend_after``: a query still IN_FLIGHT that long after it was sent is sent again when
+    it is asked for (its sender died: a replica, or this process before a restart). Sending
+    again is safe, since the network answers a repeated query id with its stored disposition
+    and answer and never routes it twice, but not earlier than ``network_timeout``: a sender
+    still waiting for the network would lose its answer to the resend's not-yet-answered copy.
+    None: ``network_timeout`` plus ``RESEND_MARGIN``. ``database_connect_timeout`` bounds a
+    PostgreSQL connection attempt (seconds; a ``connect_timeout`` in the URL wins);
+    ``database_probe_interval`` is how often the health status is brought in line with the
+    database (``linkage.health.DatabaseHealth``). ``records_retention`` is how long access
+    records are kept (seven years) and ``records_retention_interval`` how often the expired
+    ones are purged behind a signed anchor (``linkage.records.retention.RetentionJob``).
     """
 
     platform: str
@@ -113,6 +135,22 @@ class Config:
     clock: Callable[[], datetime] = system_clock
     network: NetworkPort | None = None
     staff: StaffSettings = field(default_factory=StaffSettings)
+    resend_after: timedelta | None = None
+    database_connect_timeout: int | None = db.DEFAULT_CONNECT_TIMEOUT
+    database_probe_interval: float = DATABASE_PROBE_INTERVAL
+    records_retention: timedelta = DEFAULT_RETENTION
+    records_retention_interval: timedelta = DEFAULT_RETENTION_INTERVAL
+
+    def resend_delay(self) -> timedelta:
+        """``resend_after``, or its default; ValueError when it is not above the timeout."""
+        timeout = timedelta(seconds=self.network_timeout)
+        delay = self.resend_after if self.resend_after is not None else timeout + RESEND_MARGIN
+        if delay <= timeout:
+            raise ValueError(
+                f"resend_after ({delay.total_seconds():g} s) must exceed network_timeout "
+                f"({self.network_timeout:g} s): a query would be resent while its sender waits"
+            )
+        return delay
 
 
 class App:
@@ -137,6 +175,9 @@ class App:
         staff: Staff,
         system: SystemManagement,
         jobs: list[asyncio.Task[None]],
+        records_retention: RetentionJob,
+        database_health: DatabaseHealth,
+        probe_engine: Engine,
     ) -> None:
         self.config = config
         self.server = server
@@ -156,6 +197,9 @@ class App:
         self.system = system
         self._grpc_network = grpc_network
         self._jobs = jobs
+        self.records_retention = records_retention
+        self.database_health = database_health
+        self._probe_engine = probe_engine
 
     @property
     def port(self) -> int:
@@ -198,31 +242,38 @@ class App:
 
     async def close(self, grace: float = 2.0) -> None:
         """Stop serving (in-flight calls finish within ``grace``), then release resources."""
+        await self.database_health.stop()
         for job in self._jobs:
             job.cancel()
         for job in self._jobs:
             with contextlib.suppress(asyncio.CancelledError):
                 await job
+        await self.records_retention.stop()
         await self.server.stop(grace)
         await self.requester.close()
         if self._grpc_network is not None:
             await self._grpc_network.close()
         self.engine.dispose()
+        self._probe_engine.dispose()
 
 
 async def start(config: Config) -> App:
     """Prepare schema and keys, wire the domain, and start serving."""
     if not config.tenants:
         raise ValueError("a platform hosts at least one tenant")
+    resend_after = config.resend_delay()
     if config.migrate:
         await asyncio.to_thread(db.migrate, config.database_url)
     key_dir = private_dir(config.data_dir) / "keys"
     tenants = await asyncio.to_thread(Tenants.load, config.tenants, key_dir)
-    ledger = await asyncio.to_thread(_records_ledger, config, key_dir)
+    records_ring = await asyncio.to_thread(_records_ring, config, key_dir)
+    ledger = Ledger(
+        records_ring.current.signing_key, records_ring.current.key_id, clock=config.clock
+    )
     permissions = config.permission_list
     if permissions is None:
         permissions = await asyncio.to_thread(_default_permission_list)
-    engine = db.make_engine(config.database_url)
+    engine = db.make_engine(config.database_url, connect_timeout=config.database_connect_timeout)
     sessions = db.session_factory(engine)
     grpc_network: GrpcNetwork | None = None
     network: NetworkPort
@@ -253,6 +304,7 @@ async def start(config: Config) -> App:
         retention=config.result_retention,
         chunk_size=config.query_chunk_size,
         max_in_flight=config.query_chunks_in_flight,
+        resend_after=resend_after,
     )
     domain = Domain(
         tenants=tenants,
@@ -270,8 +322,11 @@ async def start(config: Config) -> App:
         sessions, keys, duplicate_retention=config.duplicate_retention, staff=staff
     )
     system = SystemManagement(sessions, retention, clock)
-    intermediate = IntermediateServerServicer(domain)
-    inbound = InboundServicer(provider, requester)
+    # A test's fake network port has no disclosure: the network is then reported unanswered.
+    intermediate = IntermediateServerServicer(
+        domain, PersonDisclosure(sessions, network if isinstance(network, NetworkRecords) else None)
+    )
+    inbound = InboundServicer(provider, requester, sessions=sessions, tenants=tenants)
     staff_servicer = StaffServicer(tenants, staff)
     review_servicer = ReviewServicer(tenants, staff, review)
     system_servicer = SystemManagementServicer(tenants, staff, system)
@@ -314,6 +369,21 @@ async def start(config: Config) -> App:
             await grpc_network.close()
         engine.dispose()
         raise
+    probe = db.probe_engine(config.database_url, connect_timeout=config.database_connect_timeout)
+    database_health = DatabaseHealth(
+        server, lambda: db.ping(probe), interval=config.database_probe_interval
+    )
+    await database_health.start()
+    records_retention = RetentionJob(
+        sessions,
+        lambda: [ledger_of(code) for code in tenants.codes()],
+        records_ring.current.signing_key,
+        records_ring.current.key_id,
+        retention=config.records_retention,
+        interval=config.records_retention_interval,
+        clock=clock,
+    )
+    await records_retention.start()
     jobs = [
         asyncio.create_task(
             _every(
@@ -345,6 +415,9 @@ async def start(config: Config) -> App:
         staff=staff,
         system=system,
         jobs=jobs,
+        records_retention=records_retention,
+        database_health=database_health,
+        probe_engine=probe,
     )
 
 
@@ -365,7 +438,7 @@ def _default_permission_list() -> PermissionList:
     return load_default()
 
 
-def _records_ledger(config: Config, key_dir: Path) -> Ledger:
-    """The platform's checkpoint signer for its tenants' ledgers (its own key ring)."""
-    ring = KeyRing.load_or_create(key_dir, f"platform-{config.platform}")
-    return Ledger(ring.current.signing_key, ring.current.key_id, clock=config.clock)
+def _records_ring(config: Config, key_dir: Path) -> KeyRing:
+    """The platform's key ring for its tenants' ledgers: it signs their checkpoints and the
+    anchors of their purged prefixes."""
+    return KeyRing.load_or_create(key_dir, f"platform-{config.platform}")

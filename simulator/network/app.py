@@ -3,9 +3,10 @@
 Owns the wiring of one network process: the database engine, the secret keys under
 ``data_dir`` (code keys, the ``network`` permit key ring, the ``network-records`` checkpoint
 key ring), the permission list, the outbound transport, the domain objects, and the gRPC server
-(with health and reflection, from ``linkage.rpc.start_server``). ``App`` also offers what the
-world harness needs without going through gRPC: the permit keys, rotating them, registering an
-organization.
+(with health and reflection, from ``linkage.rpc.start_server``), and the background jobs: the
+retention of the ``network`` ledger and the database probe behind the health status. ``App``
+also offers what the world harness needs without going through gRPC: the permit keys, rotating
+them, registering an organization.
 
 Must never: keep state another replica would need only in memory (the directory, permits,
 answers and records live in the database; keys in the shared data directory), or start serving
@@ -23,23 +24,31 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 
 from linkage import db
+from linkage.health import DATABASE_PROBE_INTERVAL, DatabaseHealth
 from linkage.keys import KeyRing, private_dir
 from linkage.logs import get_logger
 from linkage.records.ledger import Ledger
 from linkage.records.model import utc_now
+from linkage.records.retention import (
+    DEFAULT_RETENTION,
+    DEFAULT_RETENTION_INTERVAL,
+    RetentionJob,
+)
 from linkage.rpc import RunningServer, Security, start_server
 from linkage.v1 import common_pb2, network_pb2, network_pb2_grpc
 from simulator.network import parse
 from simulator.network.codes import CodeDeriver, CodeDesk
 from simulator.network.directory import Directory, OrgEntry
+from simulator.network.disclosure import PersonRecordsCollector
 from simulator.network.keystore import CodeSecrets, PermitKeys
+from simulator.network.ledger import LEDGER_ID
 from simulator.network.permits import PermissionChecker, PermitIssuer
 from simulator.network.queries import QueryDesk
 from simulator.network.ratelimit import RateLimit, RateLimiter
 from simulator.network.refusals import Refusals
 from simulator.network.routing import Router
 from simulator.network.service import NetworkService, organization_message, permit_key_message
-from simulator.network.transport import GrpcTransport
+from simulator.network.transport import DEFAULT_WAIT, GrpcTransport
 
 log = get_logger(__name__)
 
@@ -54,12 +63,18 @@ class Config:
     """Everything one network process needs.
 
     ``permission_list`` defaults to the committed dataset. ``route_timeout`` is the deadline of
-    every outbound call (seconds). ``rate_limit`` is per caller, in queries (None: no limit).
+    every outbound call (seconds); ``provider_wait`` how long of it a call waits for a platform
+    that is not connected (one restarting) before it fails (``transport``). ``rate_limit`` is
+    per caller, in queries (None: no limit).
     A rotated permit key is published at once and signs after ``permit_key_activation`` (longer
     than a platform waits between two refreshes of its key cache); the previous one stays
     published for ``permit_key_overlap``.
     ``migrate`` runs the Alembic migrations at start-up (tests that create tables themselves
-    turn it off).
+    turn it off). ``database_connect_timeout`` bounds a PostgreSQL connection attempt (seconds;
+    a ``connect_timeout`` in the URL wins); ``database_probe_interval`` is how often the health
+    status is brought in line with the database (``linkage.health.DatabaseHealth``).
+    ``records_retention`` is how long access records are kept (seven years) and
+    ``records_retention_interval`` how often the expired ones are purged behind a signed anchor.
     """
 
     database_url: str
@@ -80,6 +95,11 @@ class Config:
     directory_cache_ttl: float = 5.0
     migrate: bool = True
     clock: Callable[[], datetime] = utc_now
+    provider_wait: float = DEFAULT_WAIT
+    database_connect_timeout: int | None = db.DEFAULT_CONNECT_TIMEOUT
+    database_probe_interval: float = DATABASE_PROBE_INTERVAL
+    records_retention: timedelta = DEFAULT_RETENTION
+    records_retention_interval: timedelta = DEFAULT_RETENTION_INTERVAL
 
 
 class App:
@@ -95,14 +115,20 @@ class App:
         directory: Directory,
         permit_keys: PermitKeys,
         permission_list_version: str,
+        records_retention: RetentionJob,
+        database_health: DatabaseHealth,
+        probe_engine: Engine,
     ) -> None:
         self.config = config
         self.server = server
         self.directory = directory
         self.permission_list_version = permission_list_version
+        self.records_retention = records_retention
+        self.database_health = database_health
         self._engine = engine
         self._transport = transport
         self._permit_keys = permit_keys
+        self._probe_engine = probe_engine
 
     @property
     def port(self) -> int:
@@ -137,9 +163,12 @@ class App:
 
     async def close(self, grace: float = 2.0) -> None:
         """Stop serving (in-flight calls finish within ``grace``), then release resources."""
+        await self.database_health.stop()
+        await self.records_retention.stop()
         await self.server.stop(grace)
         await self._transport.close()
         self._engine.dispose()
+        self._probe_engine.dispose()
 
 
 async def start(config: Config) -> App:
@@ -147,7 +176,7 @@ async def start(config: Config) -> App:
     if config.migrate:
         await asyncio.to_thread(db.migrate, config.database_url)
     private_dir(config.data_dir)
-    engine = db.make_engine(config.database_url)
+    engine = db.make_engine(config.database_url, connect_timeout=config.database_connect_timeout)
     sessions = db.session_factory(engine)
     checker: PermissionChecker
     if config.permission_list is not None:
@@ -158,7 +187,10 @@ async def start(config: Config) -> App:
     permit_keys = await asyncio.to_thread(
         PermitKeys, config.data_dir, config.permit_key_overlap, config.permit_key_activation
     )
-    records = await asyncio.to_thread(_records_ledger, config)
+    records_ring = await asyncio.to_thread(_records_ring, config)
+    records = Ledger(
+        records_ring.current.signing_key, records_ring.current.key_id, clock=config.clock
+    )
     deriver = CodeDeriver(secrets)
     directory = Directory(
         sessions,
@@ -166,7 +198,7 @@ async def start(config: Config) -> App:
         key_overlap=config.key_overlap,
         cache_ttl=config.directory_cache_ttl,
     )
-    transport = GrpcTransport(config.security)
+    transport = GrpcTransport(config.security, wait=config.provider_wait)
 
     async def refresh(code: str) -> OrgEntry | None:
         directory.invalidate(code)
@@ -195,6 +227,13 @@ async def start(config: Config) -> App:
         limiter=RateLimiter(config.rate_limit) if config.rate_limit else None,
         refusals=Refusals(sessions, records, config.clock),
         clock=config.clock,
+        collector=PersonRecordsCollector(
+            sessions=sessions,
+            deriver=deriver,
+            directory=directory,
+            security=config.security,
+            timeout=config.route_timeout,
+        ),
     )
     try:
         server = await start_server(
@@ -212,6 +251,21 @@ async def start(config: Config) -> App:
         await transport.close()
         engine.dispose()
         raise
+    probe = db.probe_engine(config.database_url, connect_timeout=config.database_connect_timeout)
+    database_health = DatabaseHealth(
+        server, lambda: db.ping(probe), interval=config.database_probe_interval
+    )
+    await database_health.start()
+    records_retention = RetentionJob(
+        sessions,
+        lambda: [LEDGER_ID],
+        records_ring.current.signing_key,
+        records_ring.current.key_id,
+        retention=config.records_retention,
+        interval=config.records_retention_interval,
+        clock=config.clock,
+    )
+    await records_retention.start()
     log.info("network_started", port=server.port, permission_list_version=checker.version)
     return App(
         config=config,
@@ -221,6 +275,9 @@ async def start(config: Config) -> App:
         directory=directory,
         permit_keys=permit_keys,
         permission_list_version=checker.version,
+        records_retention=records_retention,
+        database_health=database_health,
+        probe_engine=probe,
     )
 
 
@@ -230,7 +287,7 @@ def _default_permission_list() -> PermissionChecker:
     return load_default()
 
 
-def _records_ledger(config: Config) -> Ledger:
-    """The ``network`` ledger's checkpoint signer: its own key ring, apart from permit keys."""
-    ring = KeyRing.load_or_create(config.data_dir, RECORDS_KEY_RING)
-    return Ledger(ring.current.signing_key, ring.current.key_id, clock=config.clock)
+def _records_ring(config: Config) -> KeyRing:
+    """The ``network`` ledger's key ring (checkpoints, anchors of purged prefixes): its own,
+    apart from the permit keys."""
+    return KeyRing.load_or_create(config.data_dir, RECORDS_KEY_RING)

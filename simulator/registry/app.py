@@ -2,8 +2,9 @@
 
 Owns the wiring of one registry process: the database engine, the blind-index key
 (``<data_dir>/registry-index.key``) and the ``registry-records`` checkpoint key ring, the client
-of the network, and the gRPC server. ``App.load_residents`` bulk-loads the resident file the
-world harness generates (up to millions of rows, one transaction).
+of the network, the gRPC server, and the background jobs: the retention of the ``registry``
+ledger and the database probe behind the health status. ``App.load_residents`` bulk-loads the
+resident file the world harness generates (up to millions of rows, one transaction).
 
 Must never: keep an individual number anywhere but as a blind index, or serve before the
 schema and keys are ready.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
@@ -22,10 +23,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from linkage import db
 from linkage.atrest import DataKey
+from linkage.health import DATABASE_PROBE_INTERVAL, DatabaseHealth
 from linkage.keys import KeyRing, private_dir
 from linkage.logs import get_logger
 from linkage.records.ledger import Ledger
 from linkage.records.model import utc_now
+from linkage.records.retention import (
+    DEFAULT_RETENTION,
+    DEFAULT_RETENTION_INTERVAL,
+    RetentionJob,
+)
 from linkage.rpc import RunningServer, Security, start_server
 from linkage.v1 import registry_pb2, registry_pb2_grpc
 from simulator.registry import residents
@@ -47,6 +54,11 @@ class Config:
 
     ``security`` is the registry's own identity (``registry``): it serves with it and calls the
     network at ``network_address`` with it, each call bounded by ``network_deadline`` seconds.
+    ``database_connect_timeout`` bounds a PostgreSQL connection attempt (seconds; a
+    ``connect_timeout`` in the URL wins); ``database_probe_interval`` is how often the health
+    status is brought in line with the database. ``records_retention`` is how long access
+    records are kept (seven years), ``records_retention_interval`` how often the expired ones
+    are purged behind a signed anchor.
     """
 
     database_url: str
@@ -58,6 +70,10 @@ class Config:
     port: int = 0
     migrate: bool = True
     clock: Callable[[], datetime] = utc_now
+    database_connect_timeout: int | None = db.DEFAULT_CONNECT_TIMEOUT
+    database_probe_interval: float = DATABASE_PROBE_INTERVAL
+    records_retention: timedelta = DEFAULT_RETENTION
+    records_retention_interval: timedelta = DEFAULT_RETENTION_INTERVAL
 
 
 class App:
@@ -72,13 +88,19 @@ class App:
         sessions: sessionmaker[Session],
         index: DataKey,
         network: NetworkClient,
+        records_retention: RetentionJob,
+        database_health: DatabaseHealth,
+        probe_engine: Engine,
     ) -> None:
         self.config = config
         self.server = server
+        self.records_retention = records_retention
+        self.database_health = database_health
         self._engine = engine
         self._sessions = sessions
         self._index = index
         self._network = network
+        self._probe_engine = probe_engine
 
     @property
     def port(self) -> int:
@@ -103,9 +125,12 @@ class App:
         return await asyncio.to_thread(residents.count_residents, self._sessions)
 
     async def close(self, grace: float = 2.0) -> None:
+        await self.database_health.stop()
+        await self.records_retention.stop()
         await self.server.stop(grace)
         await self._network.close()
         self._engine.dispose()
+        self._probe_engine.dispose()
 
 
 async def start(config: Config) -> App:
@@ -113,7 +138,7 @@ async def start(config: Config) -> App:
     if config.migrate:
         await asyncio.to_thread(db.migrate, config.database_url)
     private_dir(config.data_dir)
-    engine = db.make_engine(config.database_url)
+    engine = db.make_engine(config.database_url, connect_timeout=config.database_connect_timeout)
     sessions = db.session_factory(engine)
     index = await asyncio.to_thread(DataKey.load_or_create, config.data_dir / INDEX_KEY_FILE)
     ring = await asyncio.to_thread(KeyRing.load_or_create, config.data_dir, RECORDS_KEY_RING)
@@ -143,6 +168,21 @@ async def start(config: Config) -> App:
         await network.close()
         engine.dispose()
         raise
+    probe = db.probe_engine(config.database_url, connect_timeout=config.database_connect_timeout)
+    database_health = DatabaseHealth(
+        server, lambda: db.ping(probe), interval=config.database_probe_interval
+    )
+    await database_health.start()
+    records_retention = RetentionJob(
+        sessions,
+        lambda: [residents.LEDGER_ID],
+        ring.current.signing_key,
+        ring.current.key_id,
+        retention=config.records_retention,
+        interval=config.records_retention_interval,
+        clock=config.clock,
+    )
+    await records_retention.start()
     log.info("registry_started", port=server.port)
     return App(
         config=config,
@@ -151,4 +191,7 @@ async def start(config: Config) -> App:
         sessions=sessions,
         index=index,
         network=network,
+        records_retention=records_retention,
+        database_health=database_health,
+        probe_engine=probe,
     )

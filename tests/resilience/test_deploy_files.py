@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from linkage import serve
+from linkage.rpc import LIVENESS_SERVICE
 from simulator import world_cli
 
 yaml = pytest.importorskip("yaml")
@@ -228,6 +229,16 @@ def test_every_kubernetes_server_has_grpc_probes_and_environment_config(
             name.startswith("ua-") and "pki-ua-$org" in _script()
         ), name
         assert serve._identity(args), name
+
+
+def test_kubernetes_liveness_probes_ignore_the_database_and_readiness_probes_follow_it(
+    manifests: list[dict[str, Any]],
+) -> None:
+    for name, deployment in _kind(manifests, "Deployment").items():
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        liveness = container["livenessProbe"]["grpc"].get("service", "")
+        readiness = container["readinessProbe"]["grpc"].get("service", "")
+        assert (liveness, readiness) == (LIVENESS_SERVICE, ""), name
 
 
 def _script() -> str:

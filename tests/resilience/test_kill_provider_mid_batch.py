@@ -4,8 +4,9 @@ The batch goes in messages of 30 queries, each sent once the previous one is ans
 kill lands after the second, deterministically. Queries already answered stay PROVIDED; the
 rest fail with a reason (PROVIDER_UNAVAILABLE), once and for good (the network keeps the
 disposition: the same batch sent again after the restart gets the same results, and nothing
-is provided twice); new queries are provided again once the network has reconnected (not at
-once: see ``test_restart_liveness.py``). Every ledger verifies afterwards.
+is provided twice); the first new query after the restart is provided (the network waits
+briefly for a platform that is reconnecting: see ``test_restart_liveness.py``). Every ledger
+verifies afterwards.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ async def test_a_provider_killed_mid_batch_fails_the_rest_once_with_a_reason(
     }
     assert provided_twice(backend, "jps") == []
     assert provided_count(backend, "jps", "kp-") == answered + 1
-    assert lost < PEOPLE  # queries failed while the network had not reconnected yet
+    assert lost == 0  # no query failed while the network reconnected
     assert set(permits_per_query(backend, "sakai", "kp-").values()) == {1}
     assert broken_ledgers(backend, ["jps", "municipal"]) == []
 
