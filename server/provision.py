@@ -19,9 +19,10 @@ import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 from google.protobuf.message import DecodeError, Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -42,7 +43,7 @@ from server.tenancy import Tenant, Tenants
 
 log = get_logger(__name__)
 QS = common_pb2.QueryStatus
-PENDING = QS.QUERY_STATUS_UNSPECIFIED  # not decided yet (never sent)
+PENDING = common_pb2.QUERY_STATUS_UNSPECIFIED  # not decided yet (never sent)
 MAX_PERMITS = 5000
 NONCE_BYTES = 16
 _SAFE_SUBJECT = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -161,7 +162,7 @@ class Provider:
     ) -> Verdict:
         """The checks that need no database, in the order of the wire contract."""
         verdict = Verdict(permit)
-        failed = QS.QUERY_STATUS_FAILED
+        failed = common_pb2.QUERY_STATUS_FAILED
         on = parse_iso_date(permit.on_date)
         items = list(permit.data_items)
         if (
@@ -179,7 +180,7 @@ class Provider:
         elif permit.route != permit.requester:
             # The answer goes back along the route: it must lead to the requester.
             verdict.decide(failed, "ROUTE_MISMATCH")
-        elif permit.expires_at.ToDatetime(now.tzinfo) <= now:
+        elif _expired(permit.expires_at, now):
             verdict.decide(failed, "PERMIT_EXPIRED")
         elif permit.permission_list_version != self._permissions.version:
             verdict.decide(failed, "UNKNOWN_PERMISSION_LIST_VERSION")
@@ -191,14 +192,14 @@ class Provider:
     def _own_permission_check(self, tenant: Tenant, verdict: Verdict, on: date) -> None:
         permit = verdict.permit
         if permit.provider_capacity not in tenant.capacities:
-            verdict.decide(QS.QUERY_STATUS_DENIED, "PROVIDER_CAPACITY_NOT_HELD")
+            verdict.decide(common_pb2.QUERY_STATUS_DENIED, "PROVIDER_CAPACITY_NOT_HELD")
             return
         for item in permit.data_items:
             decision = self._permissions.check(
                 permit.requester_capacity, permit.procedure, permit.provider_capacity, item, on
             )
             if not decision.allowed:
-                verdict.decide(QS.QUERY_STATUS_DENIED, decision.reason)
+                verdict.decide(common_pb2.QUERY_STATUS_DENIED, decision.reason)
                 return
 
     def _decide_and_commit(
@@ -234,7 +235,7 @@ class Provider:
         for verdict in pending:
             number = numbers.get(verdict.permit.provider_linkage_code)
             if number is None:
-                verdict.decide(QS.QUERY_STATUS_NO_DATA, "UNKNOWN_PERSON")
+                verdict.decide(common_pb2.QUERY_STATUS_NO_DATA, "UNKNOWN_PERSON")
             else:
                 verdict.unified_number = number
                 known.append(verdict)
@@ -252,19 +253,21 @@ class Provider:
         for verdict in candidates:
             nonce = verdict.permit.nonce
             if nonce in used:
-                verdict.decide(QS.QUERY_STATUS_FAILED, "PERMIT_REPLAYED")
+                verdict.decide(common_pb2.QUERY_STATUS_FAILED, "PERMIT_REPLAYED")
                 continue
             used.add(nonce)
             fresh.append(verdict)
         tz = self._clock().tzinfo
-        repo.add_nonces(
-            session,
-            tenant.code,
-            [
-                (v.permit.nonce, v.permit.permit_id, v.permit.expires_at.ToDatetime(tz))
-                for v in fresh
-            ],
-        )
+        # The permits of a batch share their expiry: convert each distinct one once.
+        expiries: dict[tuple[int, int], datetime] = {}
+        rows = []
+        for v in fresh:
+            stamp = v.permit.expires_at
+            moment = expiries.get((stamp.seconds, stamp.nanos))
+            if moment is None:
+                moment = expiries[(stamp.seconds, stamp.nanos)] = stamp.ToDatetime(tz)
+            rows.append((v.permit.nonce, v.permit.permit_id, moment))
+        repo.add_nonces(session, tenant.code, rows)
         return fresh
 
     def _find_values(self, session: Session, tenant: Tenant, known: list[Verdict]) -> None:
@@ -273,13 +276,13 @@ class Provider:
         flags = repo.flags_of(session, tenant.code, {v.unified_number for v in known})
         for verdict, values in zip(known, found, strict=True):
             if not values:
-                verdict.decide(QS.QUERY_STATUS_NO_DATA, "NO_DUPLICATE_IN_FORCE")
+                verdict.decide(common_pb2.QUERY_STATUS_NO_DATA, "NO_DUPLICATE_IN_FORCE")
                 continue
             verdict.values = [value.to_value() for value in values]
             if any((verdict.unified_number, value.data_item) in flags for value in values):
-                verdict.decide(QS.QUERY_STATUS_HELD_FOR_REVIEW, "AUTO_RESPONSE_DISABLED")
+                verdict.decide(common_pb2.QUERY_STATUS_HELD_FOR_REVIEW, "AUTO_RESPONSE_DISABLED")
             else:
-                verdict.decide(QS.QUERY_STATUS_PROVIDED)
+                verdict.decide(common_pb2.QUERY_STATUS_PROVIDED)
 
     def _hold(
         self,
@@ -289,7 +292,7 @@ class Provider:
         verdicts: Sequence[Verdict],
         now: datetime,
     ) -> None:
-        held = [v for v in verdicts if v.status == QS.QUERY_STATUS_HELD_FOR_REVIEW]
+        held = [v for v in verdicts if v.status == common_pb2.QUERY_STATUS_HELD_FOR_REVIEW]
         requester_key = key.envelope.SerializeToString()
         repo.add_held(
             session,
@@ -362,7 +365,7 @@ def answer_of(
     answer = payloads_pb2.Answer(
         permit_id=permit.permit_id, query_id=permit.query_id, status=status, reason=reason
     )
-    if status == QS.QUERY_STATUS_PROVIDED:
+    if status == common_pb2.QUERY_STATUS_PROVIDED:
         content = payloads_pb2.SealedContent(permit_id=permit.permit_id, values=values)
         answer.nonce, answer.ciphertext = sealer.seal(content.SerializeToString())
         answer.data_items.extend(value.data_item for value in values)
@@ -387,6 +390,16 @@ def sign_answers(
         answered_at=timestamp(now),
     )
     return tenant.signer.sign(batch.SerializeToString())
+
+
+def _expired(stamp: Timestamp, now: datetime) -> bool:
+    """``stamp <= now``, compared as integers (no datetime made per permit)."""
+    delta = now - _EPOCH
+    now_seconds = delta.days * 86_400 + delta.seconds
+    return (stamp.seconds, stamp.nanos) <= (now_seconds, delta.microseconds * 1000)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _safe(text: str) -> str:

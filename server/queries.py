@@ -57,14 +57,14 @@ log = get_logger(__name__)
 QS = common_pb2.QueryStatus
 FINAL = frozenset(
     {
-        QS.QUERY_STATUS_PROVIDED,
-        QS.QUERY_STATUS_NO_DATA,
-        QS.QUERY_STATUS_DENIED,
-        QS.QUERY_STATUS_DECLINED,
-        QS.QUERY_STATUS_FAILED,
+        common_pb2.QUERY_STATUS_PROVIDED,
+        common_pb2.QUERY_STATUS_NO_DATA,
+        common_pb2.QUERY_STATUS_DENIED,
+        common_pb2.QUERY_STATUS_DECLINED,
+        common_pb2.QUERY_STATUS_FAILED,
     }
 )
-ANSWER_STATUSES = FINAL | {QS.QUERY_STATUS_HELD_FOR_REVIEW}
+ANSWER_STATUSES = FINAL | {common_pb2.QUERY_STATUS_HELD_FOR_REVIEW}
 JST = timezone(timedelta(hours=9), "JST")  # "today" of a query is today in Japan
 MAX_ITEMS = 16
 NETWORK_UNAVAILABLE = "NETWORK_UNAVAILABLE"
@@ -243,13 +243,16 @@ class Requester:
         """
         future = self._gather(tenant, spec, wait)
         outcome = await asyncio.shield(future)  # a caller giving up must not cancel the group
-        if outcome.status == QS.QUERY_STATUS_FAILED and outcome.reason == NO_LINKAGE_CODE:
+        if outcome.status == common_pb2.QUERY_STATUS_FAILED and outcome.reason == NO_LINKAGE_CODE:
             raise FailedPrecondition(NO_LINKAGE_CODE, "the person has no linkage code here yet")
-        if outcome.status == QS.QUERY_STATUS_FAILED and outcome.reason == QUERY_ID_REUSED:
+        if outcome.status == common_pb2.QUERY_STATUS_FAILED and outcome.reason == QUERY_ID_REUSED:
             raise AlreadyExists(
                 QUERY_ID_REUSED, "this query id was already used for a different query"
             )
-        if outcome.status == QS.QUERY_STATUS_IN_FLIGHT and outcome.reason == NETWORK_UNAVAILABLE:
+        if (
+            outcome.status == common_pb2.QUERY_STATUS_IN_FLIGHT
+            and outcome.reason == NETWORK_UNAVAILABLE
+        ):
             raise Unavailable(NETWORK_UNAVAILABLE, "the network could not be reached; retry")
         return outcome
 
@@ -351,7 +354,7 @@ class Requester:
         ids = [answer.query_id for answer in batch.answers]
         rows = await asyncio.to_thread(self._rows, tenant, ids)
         key = await self._keys.find_async(tenant, batch.requester_key_id)
-        if key is None and any(a.status == QS.QUERY_STATUS_PROVIDED for a in batch.answers):
+        if key is None and any(a.status == common_pb2.QUERY_STATUS_PROVIDED for a in batch.answers):
             raise InvalidArgument("UNKNOWN_REQUESTER_KEY", "answers are sealed to no key of ours")
         opener = _Opener(batch.requester_key_id, key, batch.ephemeral_public_key)
         now = self._clock()
@@ -469,7 +472,7 @@ class Requester:
                 yield [
                     item
                     if isinstance(item, Outcome)
-                    else Outcome(tenant, qid, QS.QUERY_STATUS_FAILED, _error_reason(item))
+                    else Outcome(tenant, qid, common_pb2.QUERY_STATUS_FAILED, _error_reason(item))
                     for qid, item in zip(admission.wait, settled, strict=True)
                 ]
         finally:
@@ -522,13 +525,15 @@ class Requester:
                 code = codes.get(spec.unified_number)
                 if code is None:
                     admission.ready.append(
-                        Outcome(tenant, spec.query_id, QS.QUERY_STATUS_FAILED, NO_LINKAGE_CODE)
+                        Outcome(
+                            tenant, spec.query_id, common_pb2.QUERY_STATUS_FAILED, NO_LINKAGE_CODE
+                        )
                     )
                     failures.append(
                         self._record(
                             tenant,
                             spec,
-                            _Result(spec.query_id, QS.QUERY_STATUS_FAILED, NO_LINKAGE_CODE),
+                            _Result(spec.query_id, common_pb2.QUERY_STATUS_FAILED, NO_LINKAGE_CODE),
                             now,
                         )
                     )
@@ -550,9 +555,9 @@ class Requester:
     ) -> None:
         if row.spec_digest != spec.digest():
             admission.ready.append(
-                Outcome(tenant, spec.query_id, QS.QUERY_STATUS_FAILED, QUERY_ID_REUSED)
+                Outcome(tenant, spec.query_id, common_pb2.QUERY_STATUS_FAILED, QUERY_ID_REUSED)
             )
-        elif row.status != QS.QUERY_STATUS_IN_FLIGHT or row.expires_at <= now:
+        elif row.status != common_pb2.QUERY_STATUS_IN_FLIGHT or row.expires_at <= now:
             admission.ready.append(self._outcome_of(row))
         elif (tenant, spec.query_id) in self._sending:
             admission.wait.append(spec.query_id)
@@ -611,14 +616,15 @@ class Requester:
             except (Unavailable, ResourceExhausted):
                 await asyncio.to_thread(self._mark_unsent, tenant, list(specs), NETWORK_UNAVAILABLE)
                 return [
-                    Outcome(tenant, qid, QS.QUERY_STATUS_IN_FLIGHT, NETWORK_UNAVAILABLE)
+                    Outcome(tenant, qid, common_pb2.QUERY_STATUS_IN_FLIGHT, NETWORK_UNAVAILABLE)
                     for qid in specs
                 ]
             except LinkageError as error:
                 # The network refused the whole batch (not transient): every query fails.
                 log.warning("batch_refused", tenant=tenant, reason=error.reason)
                 results = [
-                    _Result(qid, QS.QUERY_STATUS_FAILED, _reason(error.reason)) for qid in specs
+                    _Result(qid, common_pb2.QUERY_STATUS_FAILED, _reason(error.reason))
+                    for qid in specs
                 ]
             else:
                 results = await self._verify(tenant, specs, response)
@@ -644,7 +650,10 @@ class Requester:
             if spec is None:
                 continue
             permits[spec.query_id] = disposition.permit_id
-            if disposition.status in (QS.QUERY_STATUS_DENIED, QS.QUERY_STATUS_FAILED):
+            if disposition.status in (
+                common_pb2.QUERY_STATUS_DENIED,
+                common_pb2.QUERY_STATUS_FAILED,
+            ):
                 results[spec.query_id] = _Result(
                     spec.query_id,
                     disposition.status,
@@ -670,7 +679,7 @@ class Requester:
                     continue
                 if not answer.permit_id or answer.permit_id != permits.get(answer.query_id):
                     results[answer.query_id] = _Result(
-                        answer.query_id, QS.QUERY_STATUS_FAILED, "ANSWER_PERMIT_MISMATCH"
+                        answer.query_id, common_pb2.QUERY_STATUS_FAILED, "ANSWER_PERMIT_MISMATCH"
                     )
                     continue
                 results[answer.query_id] = _read_answer(spec, answer, answer.permit_id, opener)
@@ -678,10 +687,12 @@ class Requester:
             if qid in results:
                 continue
             if spec.provider in unverified:
-                results[qid] = _Result(qid, QS.QUERY_STATUS_IN_FLIGHT, NETWORK_UNAVAILABLE)
+                results[qid] = _Result(qid, common_pb2.QUERY_STATUS_IN_FLIGHT, NETWORK_UNAVAILABLE)
                 continue
             reason = bad_batches.get(spec.provider, "ANSWER_MISSING")
-            results[qid] = _Result(qid, QS.QUERY_STATUS_FAILED, reason, permits.get(qid, ""))
+            results[qid] = _Result(
+                qid, common_pb2.QUERY_STATUS_FAILED, reason, permits.get(qid, "")
+            )
         return list(results.values())
 
     async def _open_answers(
@@ -895,7 +906,7 @@ def _read_answer(
 
     def failed(reason: str) -> _Result:
         return _Result(
-            spec.query_id, QS.QUERY_STATUS_FAILED, reason, permit_id, key_id=opener.key_id
+            spec.query_id, common_pb2.QUERY_STATUS_FAILED, reason, permit_id, key_id=opener.key_id
         )
 
     if answer.status not in ANSWER_STATUSES:
@@ -903,7 +914,7 @@ def _read_answer(
     asked = set(spec.data_items)
     if not set(answer.data_items) <= asked:
         return failed("ANSWER_ITEMS_NOT_ASKED")
-    if answer.status != QS.QUERY_STATUS_PROVIDED:
+    if answer.status != common_pb2.QUERY_STATUS_PROVIDED:
         return _Result(
             spec.query_id,
             answer.status,
@@ -925,7 +936,7 @@ def _read_answer(
         return failed("ANSWER_ITEMS_NOT_ASKED")
     return _Result(
         spec.query_id,
-        QS.QUERY_STATUS_PROVIDED,
+        common_pb2.QUERY_STATUS_PROVIDED,
         "",
         permit_id,
         list(content.values),

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nacl.signing import SigningKey, VerifyKey
-from sqlalchemy import Dialect, insert, select, update
+from sqlalchemy import Connection, Dialect, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -95,26 +95,113 @@ def lock_head(session: Session, ledger_id: str, now_us: int) -> Head:
 
     The first statement is a write, so on SQLite it takes the database write lock (waiting on
     the busy timeout) before anything is read: no writer can act on a stale head. PostgreSQL
-    gets ``INSERT … ON CONFLICT DO NOTHING`` then ``SELECT … FOR UPDATE``.
+    gets ``INSERT … ON CONFLICT DO NOTHING`` then ``SELECT … FOR UPDATE``. On the hot path of
+    every append: both statements are compiled once per dialect and go to the driver as is.
     """
-    values: dict[str, Any] = {
-        "ledger": ledger_id,
-        "last_seq": 0,
-        "last_hash": GENESIS_HASH,
-        "checkpoint_seq": 0,
-        "checkpoint_at_us": now_us,
-    }
-    dialect = session.connection().dialect.name
-    if dialect == "sqlite":
-        session.execute(sqlite.insert(HEADS).values(values).on_conflict_do_nothing())
-    elif dialect == "postgresql":
-        session.execute(postgresql.insert(HEADS).values(values).on_conflict_do_nothing())
+    conn = session.connection()
+    dialect = conn.dialect
+    values = (ledger_id, 0, GENESIS_HASH, 0, now_us)
+    if dialect.name in ("sqlite", "postgresql"):
+        _driver(conn, _HEAD_SQL.create, dict(zip(_HEAD_KEYS, values, strict=True)))
     elif read_head(session, ledger_id) is None:
-        session.execute(insert(HEADS).values(values))
-    row = session.execute(
-        select(*_HEAD_COLUMNS).where(HEADS.c.ledger == ledger_id).with_for_update()
-    ).one()
+        session.execute(insert(HEADS).values(dict(zip(_HEAD_KEYS, values, strict=True))))
+    row = _driver(conn, _HEAD_SQL.lock, {"w_ledger": ledger_id}).one()
     return Head(*row)
+
+
+_HEAD_KEYS = ("ledger", "last_seq", "last_hash", "checkpoint_seq", "checkpoint_at_us")
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """A statement compiled for one dialect: its SQL and the order of its parameters (None
+    for a driver taking named parameters)."""
+
+    sql: str
+    positions: tuple[str, ...] | None
+
+
+class _HeadStatements:
+    """The head statements of each dialect, compiled once (building and compiling a Core
+    statement costs more than the statement itself on SQLite)."""
+
+    def __init__(self) -> None:
+        self._compiled: dict[tuple[str, str, str], _Compiled] = {}
+
+    def _get(self, name: str, dialect: Dialect) -> _Compiled:
+        key = (name, dialect.name, str(dialect.paramstyle))
+        found = self._compiled.get(key)
+        if found is None:
+            compiled = _HEAD_BUILDERS[name](dialect.name).compile(dialect=dialect)
+            positions = compiled.positiontup
+            found = _Compiled(str(compiled), None if positions is None else tuple(positions))
+            self._compiled[key] = found
+        return found
+
+    def create(self, dialect: Dialect) -> _Compiled:
+        return self._get("create", dialect)
+
+    def lock(self, dialect: Dialect) -> _Compiled:
+        return self._get("lock", dialect)
+
+    def move(self, dialect: Dialect) -> _Compiled:
+        return self._get("move", dialect)
+
+    def move_signed(self, dialect: Dialect) -> _Compiled:
+        return self._get("move_signed", dialect)
+
+
+def _create_head(dialect_name: str) -> Any:
+    values: dict[str, Any] = {
+        name: bindparam(name, type_=HEADS.c[name].type) for name in _HEAD_KEYS
+    }
+    if dialect_name == "postgresql":
+        return postgresql.insert(HEADS).values(values).on_conflict_do_nothing()
+    return sqlite.insert(HEADS).values(values).on_conflict_do_nothing()
+
+
+def _lock_head(_dialect_name: str) -> Any:
+    return select(*_HEAD_COLUMNS).where(HEADS.c.ledger == bindparam("w_ledger")).with_for_update()
+
+
+def _move_head(_dialect_name: str) -> Any:
+    return (
+        update(HEADS)
+        .where(HEADS.c.ledger == bindparam("w_ledger"))
+        .values(last_seq=bindparam("p_last_seq"), last_hash=bindparam("p_last_hash"))
+    )
+
+
+def _move_head_signed(_dialect_name: str) -> Any:
+    return (
+        update(HEADS)
+        .where(HEADS.c.ledger == bindparam("w_ledger"))
+        .values(
+            last_seq=bindparam("p_last_seq"),
+            last_hash=bindparam("p_last_hash"),
+            checkpoint_seq=bindparam("p_checkpoint_seq"),
+            checkpoint_at_us=bindparam("p_checkpoint_at_us"),
+        )
+    )
+
+
+_HEAD_BUILDERS: dict[str, Callable[[str], Any]] = {
+    "create": _create_head,
+    "lock": _lock_head,
+    "move": _move_head,
+    "move_signed": _move_head_signed,
+}
+_HEAD_SQL = _HeadStatements()
+
+
+def _driver(
+    conn: Connection, statement: Callable[[Dialect], _Compiled], params: dict[str, Any]
+) -> Any:
+    """Run a compiled head statement at the driver (every value is an int, str or bytes)."""
+    compiled = statement(conn.dialect)
+    if compiled.positions is None:
+        return conn.exec_driver_sql(compiled.sql, params)
+    return conn.exec_driver_sql(compiled.sql, tuple(params[name] for name in compiled.positions))
 
 
 # The columns of ``access_records`` in the order ``_chain`` produces them.
@@ -337,21 +424,24 @@ class Ledger:
         self, session: Session, ledger_id: str, seq: int, hash_: bytes, sign_at_us: int | None
     ) -> None:
         """Point the head at ``seq``; with ``sign_at_us``, also sign a checkpoint there."""
-        values: dict[str, Any] = {"last_seq": seq, "last_hash": hash_}
-        if sign_at_us is not None:
-            message = checkpoint_message(ledger_id, seq, hash_, sign_at_us, self.key_id)
-            session.execute(
-                insert(CHECKPOINTS).values(
-                    ledger=ledger_id,
-                    seq=seq,
-                    hash=hash_,
-                    signed_at_us=sign_at_us,
-                    key_id=self.key_id,
-                    signature=self._signing_key.sign(message).signature,
-                )
+        conn = session.connection()
+        params: dict[str, Any] = {"w_ledger": ledger_id, "p_last_seq": seq, "p_last_hash": hash_}
+        if sign_at_us is None:
+            _driver(conn, _HEAD_SQL.move, params)
+            return
+        message = checkpoint_message(ledger_id, seq, hash_, sign_at_us, self.key_id)
+        session.execute(
+            insert(CHECKPOINTS).values(
+                ledger=ledger_id,
+                seq=seq,
+                hash=hash_,
+                signed_at_us=sign_at_us,
+                key_id=self.key_id,
+                signature=self._signing_key.sign(message).signature,
             )
-            values |= {"checkpoint_seq": seq, "checkpoint_at_us": sign_at_us}
-        session.execute(update(HEADS).where(HEADS.c.ledger == ledger_id).values(values))
+        )
+        params |= {"p_checkpoint_seq": seq, "p_checkpoint_at_us": sign_at_us}
+        _driver(conn, _HEAD_SQL.move_signed, params)
 
 
 _Waiter = tuple[tuple[AccessRecord, ...], "asyncio.Future[list[int]]"]

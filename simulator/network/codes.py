@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,10 @@ CODE_CHARS = 20
 LINKAGE_CODE_RE = re.compile(r"[A-Z2-7]{20}")
 RESIDENT_CODE_RE = re.compile(r"[0-9]{11}")
 SERIAL_RE = re.compile(r"[A-Za-z0-9_-]{16,128}")
+
+
+_CODE_BYTES = 5 * math.ceil(CODE_CHARS / 8)
+"""Whole 5-byte groups (8 base32 characters each) that cover ``CODE_CHARS`` characters."""
 
 
 class CodeDeriver:
@@ -58,7 +63,9 @@ class CodeDeriver:
     def linkage_code(self, person_key: bytes, organization: str) -> str:
         """The person's linkage code at ``organization``."""
         mac = hmac.new(self._k_code, person_key + organization.encode("ascii"), hashlib.sha256)
-        return base64.b32encode(mac.digest()).decode("ascii")[:CODE_CHARS]
+        # Base32 turns each 5 bytes into 8 characters on its own, so encoding only the bytes the
+        # code keeps gives the same characters at a fraction of the (pure Python) cost.
+        return base64.b32encode(mac.digest()[:_CODE_BYTES]).decode("ascii")[:CODE_CHARS]
 
     def codes_everywhere(self, person_key: bytes, organizations: Iterable[str]) -> dict[str, str]:
         """The person's code at each organization (for disclosure: search records by them)."""

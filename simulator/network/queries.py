@@ -53,7 +53,7 @@ from simulator.network.permits import (
     Verdict,
     verify_requester_key,
 )
-from simulator.network.routing import RouteError, Router, RouteResult, batch_id
+from simulator.network.routing import RouteError, Router, RouteResult, batch_id, batch_id_of
 
 log = get_logger(__name__)
 
@@ -122,15 +122,24 @@ class QueryDesk:
 
     async def submit(self, request: BatchRequest) -> BatchResult:
         now = self._clock()
-        requester = await self._registered(request.requester)
+        codes = [query.provider for query in request.queries]
+        # The requester and every provider in one directory read (one thread hand-off): the
+        # providers' entries are only read here, checked below after the requester's.
+        providers = await asyncio.to_thread(
+            self._directory.get_many, list(dict.fromkeys([request.requester, *codes]))
+        )
+        requester = providers.get(request.requester)
+        if requester is None:
+            raise PermissionDenied(
+                "ORGANIZATION_NOT_REGISTERED",
+                f"{request.requester} is not in the network directory",
+            )
         if request.requester_capacity not in requester.capacities:
             raise PermissionDenied(
                 "CAPACITY_NOT_HELD",
                 f"{request.requester} does not act as {request.requester_capacity!r}",
             )
         key = await self._requester_key(request.requester_key, requester, now)
-        codes = [query.provider for query in request.queries]
-        providers = await asyncio.to_thread(self._directory.get_many, codes)
         admitted = await asyncio.to_thread(self._admit_with_retry, request, providers, now)
         groups = _groups(admitted.decided, providers)
         results = await self._router.route(key, groups, now) if groups else []
@@ -208,14 +217,15 @@ class QueryDesk:
         with unit_of_work(self._sessions) as session:
             for result in results:
                 if result.answer_batch is not None:
-                    stored_id = batch_id(result.answer_batch)
+                    raw = result.answer_batch.SerializeToString(deterministic=True)
+                    stored_id = batch_id_of(raw)
                     repository.add_answer_batch(
                         session,
                         batch_id=stored_id,
                         requester=request.requester,
                         provider=result.provider,
                         kind="answer",
-                        envelope=result.answer_batch.SerializeToString(deterministic=True),
+                        envelope=raw,
                         now=now,
                     )
                     repository.set_answer_batch(session, result.permit_ids, stored_id, now)
@@ -498,6 +508,8 @@ def _result(
         else:
             dispositions.append(Disposition(query.query_id, permit_id, d.status, d.reason))
     batches = [r.answer_batch for r in results if r.answer_batch is not None]
+    if not admitted.stored_batches:
+        return BatchResult(dispositions, batches)
     seen = {batch_id(b) for b in batches}
     for raw in admitted.stored_batches:
         envelope = common_pb2.SignedEnvelope.FromString(raw)

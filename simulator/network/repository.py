@@ -15,8 +15,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Insert, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Insert, LargeBinary, Table, select, update
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
 from simulator.network.models import (
@@ -33,21 +34,99 @@ CHUNK = 500
 T = TypeVar("T")
 
 
+PERMITS: Table = Permit.__table__  # type: ignore[assignment]
+ISSUED_CODES: Table = IssuedCode.__table__  # type: ignore[assignment]
+
+
 def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
+# --- the hot path at the driver -------------------------------------------------------------
+#
+# Every query passes through ``person_keys``, ``permits_by_query``, ``insert_permits`` and
+# ``set_answer_batch``. Building, coercing and compiling a Core statement (or an ORM bulk
+# insert's per-row parameter processing) costs more than the statement itself on SQLite, so
+# these go to the driver as SQL text: identifiers from the schema, values as parameters,
+# each column's bind processor applied here (once per distinct value).
+
+
+def _marker(dialect: Dialect) -> str:
+    return "?" if dialect.paramstyle == "qmark" else "%s"
+
+
+def _table_name(dialect: Dialect, table: Table) -> str:
+    return dialect.identifier_preparer.format_table(table)
+
+
+def _processor(table: Table, name: str, dialect: Dialect) -> Any:
+    """The column's bind processor for ``dialect``, or None (bytes go to drivers as they are)."""
+    column_type = table.c[name].type
+    if isinstance(column_type, LargeBinary):
+        return None
+    return column_type._cached_bind_processor(dialect)
+
+
+def _bind(table: Table, name: str, dialect: Dialect, value: Any) -> Any:
+    processor = _processor(table, name, dialect)
+    return value if processor is None else processor(value)
+
+
+def _select_in(
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    where: Sequence[tuple[str, Any]],
+    in_column: str,
+    values: Sequence[Any],
+) -> list[Any]:
+    """``SELECT columns FROM table WHERE a = ? AND … AND in_column IN (…)`` in chunks."""
+    dialect = conn.dialect
+    quote, marker = dialect.identifier_preparer.quote, _marker(dialect)
+    head = "SELECT {} FROM {} WHERE {}".format(  # noqa: S608 (identifiers from our schema)
+        ", ".join(quote(c) for c in columns),
+        _table_name(dialect, table),
+        "".join(f"{quote(name)} = {marker} AND " for name, _ in where),
+    )
+    fixed = tuple(_bind(table, name, dialect, value) for name, value in where)
+    rows: list[Any] = []
+    for part in chunks(values):
+        sql = f"{head}{quote(in_column)} IN ({', '.join(marker for _ in part)})"
+        rows.extend(conn.exec_driver_sql(sql, (*fixed, *part)).all())
+    return rows
+
+
 def _insert_ignore(session: Session, model: type[Any], rows: list[dict[str, Any]]) -> None:
-    """INSERT … ON CONFLICT DO NOTHING on SQLite and PostgreSQL (retries may race)."""
+    """INSERT … ON CONFLICT DO NOTHING on SQLite and PostgreSQL (retries may race), one
+    executemany at the driver with each column's bind processor applied here."""
     if not rows:
         return
-    statement: Insert
-    if session.get_bind().dialect.name == "postgresql":
-        statement = postgresql.insert(model).on_conflict_do_nothing()
-    else:
-        statement = sqlite.insert(model).on_conflict_do_nothing()
-    session.execute(statement, rows)
+    conn = session.connection()
+    dialect = conn.dialect
+    table: Table = model.__table__
+    if dialect.name not in ("sqlite", "postgresql"):
+        statement: Insert = sqlite.insert(model).on_conflict_do_nothing()
+        session.execute(statement, rows)
+        return
+    names = list(rows[0])
+    quote, marker = dialect.identifier_preparer.quote, _marker(dialect)
+    sql = "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT DO NOTHING".format(  # noqa: S608
+        _table_name(dialect, table),
+        ", ".join(quote(name) for name in names),
+        ", ".join(marker for _ in names),
+    )
+    processors = [_processor(table, name, dialect) for name in names]
+    conn.exec_driver_sql(
+        sql,
+        [
+            tuple(
+                value if processor is None or value is None else processor(value)
+                for processor, value in zip(processors, (row[n] for n in names), strict=True)
+            )
+            for row in rows
+        ],
+    )
 
 
 # --- directory ------------------------------------------------------------------------------
@@ -143,13 +222,15 @@ def add_issued_code(
 
 def person_keys(session: Session, organization: str, codes: Sequence[str]) -> dict[str, bytes]:
     """code → person key for the codes issued to ``organization`` (unknown codes are absent)."""
-    found: dict[str, bytes] = {}
-    for part in chunks(codes):
-        query = select(IssuedCode.linkage_code, IssuedCode.person_key).where(
-            IssuedCode.organization == organization, IssuedCode.linkage_code.in_(part)
-        )
-        found.update((code, key) for code, key in session.execute(query))
-    return found
+    rows = _select_in(
+        session.connection(),
+        ISSUED_CODES,
+        ("linkage_code", "person_key"),
+        (("organization", organization),),
+        "linkage_code",
+        codes,
+    )
+    return {code: bytes(key) for code, key in rows}
 
 
 # --- permits and answers --------------------------------------------------------------------
@@ -159,7 +240,14 @@ def permits_by_query(
     session: Session, requester: str, query_ids: Sequence[str]
 ) -> dict[str, Permit]:
     found: dict[str, Permit] = {}
-    for part in chunks(query_ids):
+    # Repeats are rare: a cheap look for the ids first, whole rows only for those found.
+    known = _select_in(
+        session.connection(), PERMITS, ("query_id",), (("requester", requester),), "query_id",
+        query_ids,
+    )  # fmt: skip
+    if not known:
+        return found
+    for part in chunks([query_id for (query_id,) in known]):
         query = select(Permit).where(Permit.requester == requester, Permit.query_id.in_(part))
         found.update((permit.query_id, permit) for permit in session.scalars(query))
     return found
@@ -173,10 +261,56 @@ def permits_by_id(session: Session, permit_ids: Sequence[str]) -> dict[str, Perm
     return found
 
 
+PERMIT_COLUMNS = (
+    "requester",
+    "query_id",
+    "request_digest",
+    "permit_id",
+    "provider",
+    "procedure",
+    "data_items",
+    "provider_linkage_code",
+    "status",
+    "reason",
+    "expires_at",
+    "answer_batch_id",
+    "late_answer_batch_id",
+    "created_at",
+    "updated_at",
+)
+
+
 def insert_permits(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Bulk insert (executemany); a (requester, query_id) already taken raises IntegrityError."""
-    if rows:
-        session.execute(insert(Permit), rows)
+    """Bulk insert (one executemany at the driver); a (requester, query_id) already taken
+    raises IntegrityError. Rows are dicts with the ``PERMIT_COLUMNS``."""
+    if not rows:
+        return
+    conn = session.connection()
+    dialect = conn.dialect
+    quote, marker = dialect.identifier_preparer.quote, _marker(dialect)
+    sql = "INSERT INTO {} ({}) VALUES ({})".format(  # noqa: S608 (identifiers from our schema)
+        _table_name(dialect, PERMITS),
+        ", ".join(quote(name) for name in PERMIT_COLUMNS),
+        ", ".join(marker for _ in PERMIT_COLUMNS),
+    )
+    processors = [_processor(PERMITS, name, dialect) for name in PERMIT_COLUMNS]
+    memo: list[dict[Any, Any]] = [{} for _ in PERMIT_COLUMNS]
+    prepared: list[tuple[Any, ...]] = []
+    for row in rows:
+        values = []
+        for index, name in enumerate(PERMIT_COLUMNS):
+            value = row[name]
+            processor = processors[index]
+            if processor is not None and value is not None:
+                key = tuple(value) if isinstance(value, list) else value
+                cached = memo[index]
+                if key in cached:
+                    value = cached[key]
+                else:
+                    value = cached[key] = processor(value)
+            values.append(value)
+        prepared.append(tuple(values))
+    conn.exec_driver_sql(sql, prepared)
 
 
 def add_answer_batch(
@@ -213,12 +347,20 @@ def answer_batches(session: Session, batch_ids: Sequence[str]) -> dict[str, byte
 def set_answer_batch(
     session: Session, permit_ids: Sequence[str], batch_id: str, now: datetime
 ) -> None:
+    conn = session.connection()
+    dialect = conn.dialect
+    quote, marker = dialect.identifier_preparer.quote, _marker(dialect)
+    stamp = _bind(PERMITS, "updated_at", dialect, now)
+    head = "UPDATE {} SET {} = {m}, {} = {m} WHERE {} IN (".format(  # noqa: S608
+        _table_name(dialect, PERMITS),
+        quote("answer_batch_id"),
+        quote("updated_at"),
+        quote("permit_id"),
+        m=marker,
+    )
     for part in chunks(permit_ids):
-        session.execute(
-            update(Permit)
-            .where(Permit.permit_id.in_(part))
-            .values(answer_batch_id=batch_id, updated_at=now)
-        )
+        sql = f"{head}{', '.join(marker for _ in part)})"
+        conn.exec_driver_sql(sql, (batch_id, stamp, *part))
 
 
 def set_late_answer_batch(

@@ -68,7 +68,12 @@ class RouteResult:
 
 def batch_id(envelope: common_pb2.SignedEnvelope) -> str:
     """A stable id of a signed answer batch: the same bytes always get the same id."""
-    return hashlib.sha256(envelope.SerializeToString(deterministic=True)).hexdigest()[:32]
+    return batch_id_of(envelope.SerializeToString(deterministic=True))
+
+
+def batch_id_of(serialized: bytes) -> str:
+    """``batch_id`` of an envelope already serialized (deterministically): serialize once."""
+    return hashlib.sha256(serialized).hexdigest()[:32]
 
 
 def check_answer_signature(
