@@ -70,16 +70,25 @@ def make_engine(
 ) -> Engine:
     """Create an engine for ``url``; SQLite files get WAL and a busy timeout.
 
+    Statement parameters are hidden from error messages: they are unified numbers, linkage codes
+    and hashes, and an error's text ends up in logs.
+
     PostgreSQL: ``connect_timeout`` seconds for a connection (a ``connect_timeout`` in the URL
     wins; None leaves libpq's default, no limit) and keepalives (see the module docstring).
     """
     if url.startswith("sqlite"):
-        engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False})
+        engine = create_engine(
+            url,
+            echo=echo,
+            hide_parameters=True,
+            connect_args={"check_same_thread": False},
+        )
         event.listen(engine, "connect", _on_sqlite_connect)
         return engine
     return create_engine(
         url,
         echo=echo,
+        hide_parameters=True,
         pool_pre_ping=True,
         pool_size=10,
         max_overflow=10,
@@ -111,7 +120,10 @@ def probe_engine(url: str, *, connect_timeout: int | None = DEFAULT_CONNECT_TIME
     (no pool), so a probe tells whether the database answers now, and never waits for, or
     takes, a connection the app's requests need."""
     return create_engine(
-        url, poolclass=NullPool, connect_args=postgres_connect_args(url, connect_timeout)
+        url,
+        poolclass=NullPool,
+        hide_parameters=True,
+        connect_args=postgres_connect_args(url, connect_timeout),
     )
 
 

@@ -75,8 +75,10 @@ def configure(*, json: bool | None = None, level: str | None = None) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _scrub,
+            # Tracebacks are text by the time they are scrubbed: an exception's message may quote
+            # values (a driver error its parameters), and those must be scrubbed too.
             structlog.processors.format_exc_info,
+            _scrub,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -32,6 +32,7 @@ from linkage.records.verify import LedgerTamperedError, check_prefix
 __all__ = [
     "DEFAULT_RETENTION",
     "DEFAULT_RETENTION_INTERVAL",
+    "PURGE_BATCH",
     "RetentionError",
     "RetentionJob",
     "purge",
@@ -44,6 +45,11 @@ DEFAULT_RETENTION = timedelta(days=365 * 7 + 2)
 """Seven years (番号法施行令: 情報提供等記録は七年間保存), counted generously: seven years hold
 at most two leap days, so nothing is purged a day early."""
 
+
+PURGE_BATCH = 50_000
+"""Records purged per transaction by ``RetentionJob``: a purge holds the ledger's head (on
+SQLite the database's write lock) while it re-walks what it deletes, so a long expired prefix
+goes in bounded steps and appends wait a fraction of a second, not minutes."""
 
 DEFAULT_RETENTION_INTERVAL = timedelta(hours=1)
 """How often ``RetentionJob`` purges: often enough that nothing outlives its seven years by
@@ -65,20 +71,30 @@ def purge(
     key_id: str,
     *,
     now: datetime | None = None,
+    max_records: int | None = None,
 ) -> int:
     """Delete the prefix of ``ledger_id`` that occurred before ``older_than``; returns its size.
 
     The prefix ends just before the first record (in seq order) at or after the cut-off, so a
-    record with an out-of-order timestamp is kept with everything after it. Runs in the
-    caller's transaction with the head locked (appends wait). Raises ``LedgerTamperedError``
-    if the records to purge do not verify, so an anchor never covers a tampered chain.
+    record with an out-of-order timestamp is kept with everything after it; ``max_records``
+    bounds it (call again for the rest). Runs in the caller's transaction with the head locked
+    (appends wait) when there is anything to purge, and takes no lock when there is not.
+    Raises ``LedgerTamperedError`` if the records to purge do not verify, so an anchor never
+    covers a tampered chain.
     """
     if not key_id or len(key_id) > MAX_LEDGER_ID:
         raise ValueError(f"key_id must be 1 to {MAX_LEDGER_ID} characters")
+    if max_records is not None and max_records < 1:
+        raise ValueError("max_records must be positive")
+    cutoff_us = to_micros(older_than)
+    if not _has_expired(session, ledger_id, _anchored_through(session, ledger_id), cutoff_us):
+        return 0  # the common case: one indexed read, no head lock
     purged_at_us = to_micros(now or utc_now())
     head = lock_head(session, ledger_id, purged_at_us)
     start = _anchored_through(session, ledger_id)
-    through = _purge_through(session, ledger_id, start, head.last_seq, to_micros(older_than))
+    through = _purge_through(session, ledger_id, start, head.last_seq, cutoff_us)
+    if max_records is not None:
+        through = min(through, start + max_records)
     if through <= start:
         return 0
     conn = session.connection()
@@ -108,6 +124,17 @@ def _anchored_through(session: Session, ledger_id: str) -> int:
         select(func.max(ANCHORS.c.purged_through_seq)).where(ANCHORS.c.ledger == ledger_id)
     ).scalar()
     return 0 if value is None else int(value)
+
+
+def _has_expired(session: Session, ledger_id: str, start: int, cutoff_us: int) -> bool:
+    """Whether the first record after the anchored prefix occurred before the cut-off."""
+    first = session.execute(
+        select(RECORDS.c.occurred_at_us)
+        .where(RECORDS.c.ledger == ledger_id, RECORDS.c.seq > start)
+        .order_by(RECORDS.c.seq)
+        .limit(1)
+    ).scalar()
+    return first is not None and int(first) < cutoff_us
 
 
 def _purge_through(session: Session, ledger_id: str, start: int, last: int, cutoff_us: int) -> int:
@@ -157,6 +184,7 @@ class RetentionJob:
         retention: timedelta = DEFAULT_RETENTION,
         interval: timedelta = DEFAULT_RETENTION_INTERVAL,
         clock: Callable[[], datetime] = utc_now,
+        batch: int = PURGE_BATCH,
     ) -> None:
         if not key_id or len(key_id) > MAX_LEDGER_ID:
             raise ValueError(f"key_id must be 1 to {MAX_LEDGER_ID} characters")
@@ -164,6 +192,8 @@ class RetentionJob:
             raise ValueError("retention must be positive")
         if interval <= timedelta(0):
             raise ValueError("interval must be positive")
+        if batch < 1:
+            raise ValueError("batch must be positive")
         if isinstance(engine_or_sessions, Engine):
             engine_or_sessions = session_factory(engine_or_sessions)
         self._sessions = engine_or_sessions
@@ -173,6 +203,7 @@ class RetentionJob:
         self.retention = retention
         self.interval = interval
         self._clock = clock
+        self.batch = batch
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -226,13 +257,28 @@ class RetentionJob:
         purged: dict[str, int] = {}
         failures: dict[str, Exception] = {}
         for ledger_id in ledgers:
+            total = 0
             try:
-                with unit_of_work(self._sessions) as session:
-                    purged[ledger_id] = purge(
-                        session, ledger_id, cutoff, self._signing_key, self._key_id, now=now
-                    )
+                while True:  # bounded steps, each its own transaction
+                    with unit_of_work(self._sessions) as session:
+                        step = purge(
+                            session,
+                            ledger_id,
+                            cutoff,
+                            self._signing_key,
+                            self._key_id,
+                            now=now,
+                            max_records=self.batch,
+                        )
+                    total += step
+                    if step < self.batch:
+                        break
             except Exception as exc:
                 failures[ledger_id] = exc
+                if total:  # the steps before the failure are committed
+                    purged[ledger_id] = total
+            else:
+                purged[ledger_id] = total
         if failures:
             raise RetentionError(purged, failures)
         return purged

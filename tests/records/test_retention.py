@@ -226,6 +226,26 @@ async def test_the_job_purges_a_ledger_past_retention_behind_a_signed_anchor(
     assert verify(chain.engine, LEDGER, chain.keys).problem.kind is ProblemKind.BAD_ANCHOR  # type: ignore[union-attr]
 
 
+async def test_the_job_purges_a_long_prefix_in_bounded_steps_each_behind_an_anchor(
+    chain: Chain, job_key: SigningKey
+) -> None:
+    assert await job(chain.engine, job_key, batch=7).run_once() == {LEDGER: 20}
+    anchors = query(chain.engine, "SELECT purged_through_seq FROM access_record_anchors")
+    assert sorted(anchors) == [(7,), (14,), (20,)]
+    report = verify(chain.engine, LEDGER, {**chain.keys, JOB_KEY_ID: job_key.verify_key})
+    assert report.ok, report.describe()
+    assert (report.anchor_seq, report.records_checked) == (20, 30)
+
+
+def test_a_purge_with_nothing_expired_creates_no_head_for_an_unknown_ledger(
+    chain: Chain, sessions: sessionmaker[Session], signing_key: SigningKey
+) -> None:
+    heads = query(chain.engine, "SELECT count(*) FROM access_record_heads")
+    with unit_of_work(sessions) as session:
+        assert purge(session, "no-such-ledger", CUTOFF, signing_key, KEY_ID) == 0
+    assert query(chain.engine, "SELECT count(*) FROM access_record_heads") == heads
+
+
 async def test_a_second_run_finds_nothing_left_to_purge(
     chain: Chain, sessions: sessionmaker[Session], job_key: SigningKey
 ) -> None:

@@ -378,8 +378,40 @@ def test_worker_processes_reach_the_same_verdict_on_an_intact_chain(chain: Chain
     assert (parallel.records_checked, parallel.checkpoints_checked) == (50, 5)
 
 
+def test_an_intact_chain_is_verified_without_the_walker(
+    chain: Chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast route must hold on an intact chain (else every verify silently walks)."""
+
+    def no_walk(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the fast route failed on an intact chain")
+
+    monkeypatch.setattr(verify_module._Walk, "run", no_walk)
+    for workers in (None, 1):
+        report = verify(chain.engine, LEDGER, chain.keys, workers=workers, chunk_size=7)
+        assert report.ok, report.describe()
+        assert (report.records_checked, report.checkpoints_checked) == (50, 5)
+
+
+def _split_a_hash(chain: Chain) -> tuple[str, tuple[object, ...]]:
+    """Move the last byte of record 20's hash to the front of record 21's: the hashes,
+    concatenated, read the same; each on its own is wrong."""
+    ((h20,), (h21,)) = query(
+        chain.engine, "SELECT hash FROM access_records WHERE seq IN (20, 21) ORDER BY seq"
+    )
+    tamper(chain.engine, "UPDATE access_records SET hash = ? WHERE seq = 20", bytes(h20)[:31])
+    return "UPDATE access_records SET hash = ? WHERE seq = 21", (bytes(h20)[31:] + bytes(h21),)
+
+
 _TAMPERING = {
     "edit": ("UPDATE access_records SET subject = 'X' WHERE seq = 22", 22, ProblemKind.EDITED),
+    "edit a time": (
+        "UPDATE access_records SET occurred_at_us = occurred_at_us + 1 WHERE seq = 9",
+        9,
+        ProblemKind.EDITED,
+    ),
+    "delete the first": ("DELETE FROM access_records WHERE seq = 1", 1, ProblemKind.DELETED),
+    "hash split between records": ("", 20, ProblemKind.EDITED),
     "edit at a task edge": (
         "UPDATE access_records SET subject = 'X' WHERE seq = 15",
         15,
@@ -410,6 +442,8 @@ def test_every_route_names_the_same_first_bad_record(chain: Chain, case: str) ->
         ((prev,),) = query(chain.engine, "SELECT prev_hash FROM access_records WHERE seq = 50")
         sql, params = "UPDATE access_record_heads SET last_hash = ?", (prev,)
         kind = ProblemKind.HEAD_MISMATCH
+    if case == "hash split between records":
+        sql, params = _split_a_hash(chain)
     tamper(chain.engine, sql, *params)
     assert kind is not None
     in_process = verify(chain.engine, LEDGER, chain.keys, workers=1, chunk_size=5)
