@@ -13,6 +13,7 @@ Public API::
         load_or_create(path: Path) -> DataKey       # file of 32 random bytes, 0600
         key_id: bytes                               # 8 bytes, carried in every token
         encrypt(plaintext: bytes, *, context: bytes) -> bytes
+        encrypt_many(plaintexts, contexts) -> list[bytes]  # a batch: one nonce draw
         decrypt(token: bytes, *, context: bytes) -> bytes
         blind_index(value: bytes) -> bytes          # 32 bytes, deterministic
     class DataKeyRing:                              # current key + previous keys, for rotation
@@ -38,7 +39,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -110,6 +111,24 @@ class DataKey:
         _check_context(context)
         nonce = os.urandom(NONCE_SIZE)
         return self._header + nonce + self._aead.encrypt(nonce, plaintext, self._header + context)
+
+    def encrypt_many(self, plaintexts: Sequence[bytes], contexts: Sequence[bytes]) -> list[bytes]:
+        """``encrypt`` of each plaintext for its context, for bulk paths: the nonces of the
+        batch come from one draw of the system's randomness (each still random, 96 bits)."""
+        if len(plaintexts) != len(contexts):
+            raise ValueError("one context per plaintext")
+        if not all(contexts):
+            _check_context(b"")
+        header = self._header
+        seal = self._aead.encrypt
+        nonces = os.urandom(NONCE_SIZE * len(plaintexts))
+        tokens = []
+        offset = 0
+        for plaintext, context in zip(plaintexts, contexts, strict=True):
+            nonce = nonces[offset : offset + NONCE_SIZE]
+            offset += NONCE_SIZE
+            tokens.append(header + nonce + seal(nonce, plaintext, header + context))
+        return tokens
 
     def decrypt(self, token: bytes, *, context: bytes) -> bytes:
         """Open a token sealed with this key for the same ``context``; else ``DecryptionError``."""

@@ -8,9 +8,12 @@ Subcommands (file format: ``server/duplicates_file.py``, JSON lines)::
 
 Each works directly on the platform's database and data directory (``--database-url``,
 ``--data-dir``, ``--platform``, as the server is configured), through the same domain code as
-the ImportDuplicates/ExportDuplicates RPCs. Import is all or nothing: every line is checked
-first, and a bad line prints ``FILE:LINE: field: reason`` (each bad line, up to a limit) and
-exits 2 with nothing stored. Progress goes to standard error. Exit codes: 0 done (or, for
+the ImportDuplicates/ExportDuplicates RPCs. Import is all or nothing: a bad line prints
+``FILE:LINE: field: reason`` (each bad line, up to a limit) and exits 2 with nothing stored. A
+small file is read and checked whole before the database is opened; a large one
+(``PIPELINE_MIN_BYTES``) is read, checked and sealed by a forked worker while this process
+inserts it, in the one transaction a bad line rolls back (``server.duplicates_bulk``).
+Progress goes to standard error. Exit codes: 0 done (or, for
 reconcile, no difference), 1 reconcile found differences, 2 bad usage or input.
 
 Must never: store part of a file, print a personal value (contents are never echoed; unified
@@ -29,10 +32,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from datetime import datetime
+
     from sqlalchemy.engine import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
     from server.duplicates import DuplicateStore
+    from server.duplicates_bulk import Source
+    from server.duplicates_rows import Row
+    from server.records import Recorder
     from server.tenancy import Tenant
 
 EXIT_OK = 0
@@ -40,6 +49,9 @@ EXIT_DIFFERENT = 1
 EXIT_USAGE = 2
 MAX_ERRORS = 50
 PROGRESS_EVERY = 50_000
+# From this size on, a worker process reads, checks and seals while this one inserts; a smaller
+# file is read whole first (its bad lines reported before the database is opened).
+PIPELINE_MIN_BYTES = 1 << 20
 
 
 class _UsageError(Exception):
@@ -105,6 +117,9 @@ class _Store:
     tenant: Tenant
     sessions: sessionmaker[Session]
     engine: Engine
+    recorder: Recorder
+    clock: Callable[[], datetime]
+    key_path: Path
 
     def close(self) -> None:
         self.engine.dispose()
@@ -139,7 +154,10 @@ def _open_store(args: argparse.Namespace) -> _Store:
     engine = db.make_engine(url)
     sessions = db.session_factory(engine)
     store = DuplicateStore(sessions, recorder, system_clock)
-    return _Store(store, tenants.get(args.tenant), sessions, engine)
+    tenant = tenants.get(args.tenant)
+    # Where Tenants.load keeps the tenant's data key: a forked import worker loads it there.
+    key_path = key_dir / f"data-{tenant.code}.key"
+    return _Store(store, tenant, sessions, engine, recorder, system_clock, key_path)
 
 
 class _Progress:
@@ -167,75 +185,114 @@ class _Progress:
 
 
 def _import(args: argparse.Namespace) -> int:
+    path = str(args.file)
+    size = args.file.stat().st_size  # a missing file is a usage error before anything starts
+    from server import duplicates_pipeline as pipeline  # light: no protobuf, no SQLAlchemy
+
+    if pipeline.fork_available() and size >= PIPELINE_MIN_BYTES:
+        # Fork the reader first: it loads its modules, checks and seals while this process
+        # loads the storing side and opens the database; then one core seals, one inserts.
+        first: list[pipeline.Worker] = [pipeline.start_worker(path)]
+        try:
+            import_id = _import_id(args)
+            opened = _open_store(args)
+        except BaseException:
+            first[0].close()
+            raise
+
+        def worker() -> pipeline.Worker:
+            return first.pop() if first else pipeline.start_worker(path)
+
+        return _store_import(args, opened, import_id, worker, None)
+    import_id = _import_id(args)
+    rows, errors = _read_rows(args.file)
+    if errors:
+        return _rejected(errors, len(errors))
+    if not rows:
+        return _rejected([f"{path}: no records"], 1)
+    opened = _open_store(args)
+    from server.duplicates_bulk import InlineSource
+
+    keys = {(row[0], row[1]) for row in rows}
+    key = opened.tenant.data_key
+    return _store_import(args, opened, import_id, lambda: InlineSource(rows, path, key), keys)
+
+
+def _import_id(args: argparse.Namespace) -> str:
     from linkage.errors import LinkageError
-    from server.duplicates import ImportBuffer
-    from server.duplicates_file import LineError, open_text, read_records
     from server.tenancy import require_id
 
-    import_id = args.import_id or f"cli-{uuid.uuid4().hex}"
+    import_id: str = args.import_id or f"cli-{uuid.uuid4().hex}"
     try:
         require_id(import_id, "import_id")
     except LinkageError as error:
         raise _UsageError(f"--import-id: {error.message}") from None
-    buffer = ImportBuffer()
-    lines: list[int] = []
+    return import_id
+
+
+def _read_rows(file: Path) -> tuple[list[Row], list[str]]:
+    """Every row of a (small) file, or its errors (``FILE:LINE: field: reason``)."""
+    from server.duplicates_rows import read_rows
+
+    rows: list[Row] = []
     errors: list[str] = []
-    progress = _Progress(sys.stderr, "checked")
-    with open_text(args.file) as handle:
-        for number, item in read_records(handle, str(args.file)):
-            if isinstance(item, LineError):
-                errors.append(str(item))
-                continue
-            lines.append(number)
-            buffer.add([item])
-            progress.update(len(lines))
-    progress.update(len(lines), final=True)
-    errors.extend(_violations(buffer, lines, str(args.file)))
-    if not lines and not errors:
-        errors.append(f"{args.file}: no records")
-    if errors:
-        for problem in errors[:MAX_ERRORS]:
-            print(problem, file=sys.stderr)
-        if len(errors) > MAX_ERRORS:
-            print(f"... and {len(errors) - MAX_ERRORS} more", file=sys.stderr)
-        print("nothing was imported", file=sys.stderr)
-        return EXIT_USAGE
-    opened = _open_store(args)
+    with file.open("r", encoding="utf-8") as handle:
+        try:
+            for _number, found in read_rows(handle, str(file)):
+                if isinstance(found, list):
+                    errors.extend(str(error) for error in found)
+                elif not errors:
+                    rows.append(found)
+        except UnicodeDecodeError as error:
+            raise _UsageError(f"{file}: not UTF-8 text (byte {error.start})") from None
+    return rows, errors
+
+
+def _rejected(errors: list[str], count: int) -> int:
+    for problem in errors[:MAX_ERRORS]:
+        print(problem, file=sys.stderr)
+    if count > MAX_ERRORS:
+        print(f"... and {count - MAX_ERRORS} more", file=sys.stderr)
+    print("nothing was imported", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _store_import(
+    args: argparse.Namespace,
+    opened: _Store,
+    import_id: str,
+    open_source: Callable[[], Source],
+    keys: set[tuple[str, str]] | None,
+) -> int:
+    from server.duplicates_bulk import BulkImport, WorkerFailed
+
+    bulk = BulkImport(
+        opened.sessions, opened.recorder, opened.clock, opened.tenant.code, opened.key_path
+    )
+    progress = _Progress(sys.stderr, "stored")
     started = time.monotonic()
     try:
-        result = opened.store.store_import(
-            opened.tenant, import_id, args.business_system, buffer.rows
+        result = bulk.run(
+            import_id, args.business_system, open_source, keys=keys, on_rows=progress.update
         )
+    except WorkerFailed as error:
+        raise _UsageError(str(error)) from None
     finally:
         opened.close()
-    elapsed = max(time.monotonic() - started, 1e-9)
+    if result.error_count:
+        return _rejected(list(result.errors), result.error_count)
     if result.already_imported:
         print(f"import {import_id} was already imported; nothing stored again", file=sys.stderr)
-    else:
-        print(
-            f"stored {result.imported:,} rows ({result.superseded:,} superseded) "
-            f"in {elapsed:.1f} s ({result.imported / elapsed:,.0f}/s), import id {import_id}",
-            file=sys.stderr,
-        )
+        return EXIT_OK
+    if not result.imported:
+        return _rejected([f"{args.file}: no records"], 1)
+    elapsed = max(time.monotonic() - started, 1e-9)
+    print(
+        f"stored {result.imported:,} rows ({result.superseded:,} superseded) "
+        f"in {elapsed:.1f} s ({result.imported / elapsed:,.0f}/s), import id {import_id}",
+        file=sys.stderr,
+    )
     return EXIT_OK
-
-
-def _violations(buffer: object, lines: list[int], path: str) -> list[str]:
-    """The buffer's violations as ``FILE:LINE: field: reason`` (row index → file line)."""
-    import re
-
-    from server.duplicates import ImportBuffer
-
-    assert isinstance(buffer, ImportBuffer)
-    out = []
-    for violation in buffer.violations:
-        match = re.match(r"records\[(\d+)\]\.(?:value\.)?(.*)", violation.field)
-        if match is None:
-            out.append(f"{path}: {violation.field}: {violation.description}")
-            continue
-        line = lines[int(match.group(1))]
-        out.append(f"{path}:{line}: {match.group(2)}: {violation.description}")
-    return out
 
 
 # --- export -------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import functools
 import re
 from collections.abc import Callable
 from datetime import date
+from typing import Any
 
 from linkage.errors import FieldViolation
 from linkage.v1 import common_pb2
@@ -115,9 +116,13 @@ def _resident_record(c: _Checker, m: common_pb2.ResidentRecord) -> None:
     c.code("previous_municipality", m.previous_municipality, optional=True)
 
 
+_PENSION_KINDS = frozenset(common_pb2.PensionKind.values()) - {0}
+_COLLECTION_METHODS = frozenset(common_pb2.CollectionMethod.values())
+
+
 def _pension_benefit(c: _Checker, m: common_pb2.PensionBenefit) -> None:
     c.fiscal_year(m.fiscal_year)
-    if m.pension_kind not in common_pb2.PensionKind.values() or m.pension_kind == 0:
+    if m.pension_kind not in _PENSION_KINDS:
         c.fail("pension_kind", "must be a known pension kind")
     c.amount("annual_amount", m.annual_amount)
     c.code("payer", m.payer)
@@ -127,7 +132,7 @@ def _late_stage_medical_premium(c: _Checker, m: common_pb2.LateStageMedicalPremi
     c.fiscal_year(m.fiscal_year)
     c.amount("annual_premium", m.annual_premium)
     # UNSPECIFIED is a documented state ("not decided"); only unknown numbers are refused.
-    if m.collection_method not in common_pb2.CollectionMethod.values():
+    if m.collection_method not in _COLLECTION_METHODS:
         c.fail("collection_method", "must be a known collection method")
 
 
@@ -149,6 +154,69 @@ _CHECKS: dict[str, Callable[[_Checker, object], None]] = {
 assert set(_CHECKS) == DATA_ITEMS, "every content kind needs its check"
 
 
+def _year_ok(year: int) -> bool:
+    return FISCAL_YEAR_MIN <= year <= FISCAL_YEAR_MAX
+
+
+def _text_ok(value: str, max_length: int) -> bool:
+    return bool(value) and len(value) <= max_length and value.isprintable()
+
+
+# Quick tests for the bulk path: True only when the check above finds nothing (each is at least
+# as strict as its check); False sends the content to the check, which has the last word.
+_CLEAN: dict[str, Callable[[Any], bool]] = {
+    "local_tax": lambda m: (
+        _year_ok(m.fiscal_year)
+        and _is_code(m.assessing_municipality)
+        and m.total_income >= m.taxable_income >= 0
+        and m.per_capita_levy >= 0
+        and m.income_levy >= 0
+    ),
+    "resident_record": lambda m: (
+        _is_code(m.municipality)
+        and _text_ok(m.household_code, 64)
+        and _text_ok(m.relationship, 32)
+        and m.household_size >= 1
+        and (not m.moved_in_on or parse_iso_date(m.moved_in_on) is not None)
+        and (not m.previous_municipality or _is_code(m.previous_municipality))
+    ),
+    "pension_benefit": lambda m: (
+        _year_ok(m.fiscal_year)
+        and m.pension_kind in _PENSION_KINDS
+        and m.annual_amount >= 0
+        and _is_code(m.payer)
+    ),
+    "late_stage_medical_premium": lambda m: (
+        _year_ok(m.fiscal_year)
+        and m.annual_premium >= 0
+        and m.collection_method in _COLLECTION_METHODS
+    ),
+    "special_collection_notice": lambda m: (
+        _year_ok(m.fiscal_year)
+        and m.amount_per_payment >= 0
+        and 1 <= m.first_month <= 12
+        and _is_code(m.pension_payer)
+    ),
+}
+assert set(_CLEAN) == DATA_ITEMS, "every content kind needs its quick test"
+
+
+def content_clean(data_item: str, message: object) -> bool:
+    """True only when ``typed_content_violations`` finds nothing in ``message`` (a quick test
+    for the bulk path; False may still be clean: then ask the checks)."""
+    return _CLEAN[data_item](message)
+
+
+def content_quick_test(data_item: str) -> Callable[[Any], bool]:
+    """``content_clean`` of one data item, as a function of the message."""
+    return _CLEAN[data_item]
+
+
+def unified_number_ok(text: str) -> bool:
+    """``unified_number_problem(text) is None``, without building a reason."""
+    return _UNIFIED_NUMBER.fullmatch(text) is not None and not (len(text) == 12 and text.isdigit())
+
+
 def content_violations(
     data_item: str, content: common_pb2.DataItemContent, prefix: str
 ) -> list[FieldViolation]:
@@ -160,8 +228,16 @@ def content_violations(
         return [FieldViolation(f"{prefix}.content", f"must hold {data_item}")]
     if kind != data_item:
         return [FieldViolation(f"{prefix}.content", f"holds {kind}, not {data_item}")]
-    checker = _Checker(f"{prefix}.content.{kind}")
-    _CHECKS[kind](checker, getattr(content, kind))
+    return typed_content_violations(kind, getattr(content, kind), f"{prefix}.content.{kind}")
+
+
+def typed_content_violations(data_item: str, message: object, prefix: str) -> list[FieldViolation]:
+    """Violations of the typed message of ``data_item`` (a known item) under ``prefix``
+    (``….content.local_tax``): the check of ``content_violations`` once the kind is known."""
+    if _CLEAN[data_item](message):
+        return []
+    checker = _Checker(prefix)
+    _CHECKS[data_item](checker, message)
     return checker.violations
 
 
@@ -170,12 +246,22 @@ def value_violations(
 ) -> tuple[list[FieldViolation], date | None, date | None]:
     """Violations of a whole duplicate value, and its parsed period when valid."""
     violations = content_violations(value.data_item, value.content, prefix)
-    start = parse_iso_date(value.effective_from)
+    problems, start, end = period_violations(value.effective_from, value.effective_to, prefix)
+    violations.extend(problems)
+    return violations, start, end
+
+
+def period_violations(
+    effective_from: str, effective_to: str, prefix: str
+) -> tuple[list[FieldViolation], date | None, date | None]:
+    """Violations of a value's period (``effective_to`` empty = open), and the parsed dates."""
+    violations: list[FieldViolation] = []
+    start = parse_iso_date(effective_from)
     if start is None:
         violations.append(FieldViolation(f"{prefix}.effective_from", "must be a date YYYY-MM-DD"))
     end: date | None = None
-    if value.effective_to:
-        end = parse_iso_date(value.effective_to)
+    if effective_to:
+        end = parse_iso_date(effective_to)
         if end is None:
             violations.append(
                 FieldViolation(f"{prefix}.effective_to", "must be a date YYYY-MM-DD or empty")

@@ -31,6 +31,7 @@ from linkage.records.model import ActorKind, Outcome, RecordEvent
 from linkage.v1 import common_pb2, intermediate_server_pb2
 from server import repository as repo
 from server.content import DATA_ITEMS, unified_number_problem, value_violations
+from server.duplicates_pipeline import content_context
 from server.models import ImportRow
 from server.ports import Clock
 from server.records import Recorder, record
@@ -40,11 +41,6 @@ MAX_CHUNK_RECORDS = 10_000
 MAX_IMPORT_RECORDS = 5_000_000
 MAX_VIOLATIONS = 100  # enough to fix a file; more would only flood the caller
 EXPORT_PAGE = 1000
-
-
-def content_context(tenant: str, unified_number: str, data_item: str, version: int) -> bytes:
-    """Where a sealed content belongs: a token copied elsewhere fails to open."""
-    return f"server.duplicate|{tenant}|{unified_number}|{data_item}|{version}".encode()
 
 
 @dataclass(slots=True)

@@ -89,6 +89,12 @@ def _record(data: Any) -> tuple[intermediate_server_pb2.DuplicateRecord | None, 
     except json_format.ParseError as error:
         # The parser's message names the field, never the value of a valid one.
         return None, f"content.{item}", str(error).split("\n")[0][:200]
+    except (SystemError, UnicodeError, ValueError, TypeError):
+        # The parser itself tripped (an enum name with a lone surrogate does that to upb).
+        return None, f"content.{item}", "holds a value that is not valid text"
+    for key in ("unified_number", "effective_from", "effective_to"):
+        if not _encodable(data.get(key, "")):
+            return None, key, "must be valid text (UTF-8)"
     record = intermediate_server_pb2.DuplicateRecord(
         unified_number=data.get("unified_number", ""),
         value=common_pb2.DuplicateValue(
@@ -100,6 +106,14 @@ def _record(data: Any) -> tuple[intermediate_server_pb2.DuplicateRecord | None, 
         auto_response_disabled=data.get("auto_response_disabled", False),
     )
     return record, "", ""
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate, which JSON can spell but UTF-8 cannot
+        return False
+    return True
 
 
 def read_records(
