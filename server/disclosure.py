@@ -11,8 +11,15 @@ Owns three reads, each confined to one tenant's ledger (``server:<tenant>``):
   CollectPersonAccessRecords``), each record tagged with its place; a place that did not answer
   is listed, never silently left out.
 
-Must never: return a record of another tenant's ledger, accept an individual number, or hand
-out anything but the record fields (no data contents, no linkage code, no unified number).
+A record kept by another place than the asking tenant (what the network asks a provider for,
+and everything the network hands back) goes out without its ledger and with only the kind of
+actor ("staff", "business_system", "organization"...), never the actor's id (staff user names,
+business system ids); what the person needs stays: when, who asked whom, procedure, data
+items, outcome, reason.
+
+Must never: return a record of another tenant's ledger, accept an individual number, hand
+out anything but the record fields (no data contents, no linkage code, no unified number), or
+another place's actor id or ledger.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from linkage.errors import FieldViolation, InvalidArgument, LinkageError
 from linkage.logs import get_logger
 from linkage.records.disclosure import StoredRecord, disclose
+from linkage.records.model import ActorKind
 from linkage.v1 import common_pb2, network_pb2
 from server import repository as repo
 from server.content import unified_number_problem
@@ -39,6 +47,8 @@ NO_LINKAGE_CODE = "NO_LINKAGE_CODE"
 NETWORK_NOT_CONFIGURED = "NETWORK_NOT_CONFIGURED"
 DEFAULT_TIMEOUT = 10.0
 """Seconds the network has to collect, when the caller's own deadline leaves more."""
+ACTOR_KINDS = frozenset(kind.value.lower() for kind in ActorKind)
+"""How another place's record names who acted: the kind, never the id."""
 
 
 @runtime_checkable
@@ -105,14 +115,15 @@ def disclose_code(
         return disclose(session, subjects, ledgers=[ledger_of(tenant)])
 
 
-def entry_of(stored: StoredRecord) -> common_pb2.AccessRecordEntry:
-    """A stored record as disclosed: the record fields, without its subject."""
+def entry_of(stored: StoredRecord, *, own: bool = True) -> common_pb2.AccessRecordEntry:
+    """A stored record as disclosed: the record fields, without its subject. Not ``own`` (the
+    record goes to another place's caller): without its ledger, and only the kind of actor."""
     r = stored.record
     stamp = Timestamp()
     stamp.FromDatetime(r.occurred_at)
     return common_pb2.AccessRecordEntry(
         occurred_at=stamp,
-        ledger=r.ledger,
+        ledger=r.ledger if own else "",
         event=r.event.value,
         requester=r.requester,
         provider=r.provider,
@@ -120,8 +131,19 @@ def entry_of(stored: StoredRecord) -> common_pb2.AccessRecordEntry:
         data_items=r.data_items,
         outcome=r.outcome.value,
         reason=r.reason,
-        actor=r.actor_id,
+        actor=r.actor_id if own else r.actor_kind.value.lower(),
     )
+
+
+def from_elsewhere(placed: network_pb2.PlacedAccessRecord) -> network_pb2.PlacedAccessRecord:
+    """Another place's record as the tenant's caller gets it, whatever the place sent: no
+    ledger, and an actor only if it is a kind of actor (never an id)."""
+    record = common_pb2.AccessRecordEntry()
+    record.CopyFrom(placed.record)
+    record.ledger = ""
+    if record.actor not in ACTOR_KINDS:
+        record.actor = ""
+    return network_pb2.PlacedAccessRecord(place=placed.place, record=record)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +193,7 @@ class PersonDisclosure:
                 )
             else:
                 # The network never speaks for this tenant: its own ledger was read just now.
-                records += [p for p in collected.records if p.place != tenant]
+                records += [from_elsewhere(p) for p in collected.records if p.place != tenant]
                 unanswered += list(collected.unanswered)
         records.sort(key=_order)
         return PersonRecords(records, unanswered)

@@ -82,5 +82,6 @@ class InboundServicer(inbound_pb2_grpc.InboundServiceServicer):
             disclose_code, self._sessions, request.organization, request.linkage_code
         )
         return inbound_pb2.DiscloseOrganizationAccessRecordsResponse(
-            records=[entry_of(item) for item in stored]
+            # The network's caller is another organization: no ledger, no actor id.
+            records=[entry_of(item, own=False) for item in stored]
         )

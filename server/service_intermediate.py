@@ -313,6 +313,27 @@ class IntermediateServerServicer(intermediate_server_pb2_grpc.IntermediateServer
         )
         return pb.DiscloseAccessRecordsResponse(records=[entry_of(item) for item in stored])
 
+    async def _record_disclosure(self, tenant: str, unified_number: str) -> None:
+        """The tenant's record that its caller was shown the person's records (from every
+        place), in a transaction of its own; the person is named by the unified number."""
+        entry = record(
+            tenant=tenant,
+            at=self._d.clock(),
+            event=RecordEvent.STAFF_OPERATION,
+            outcome=RecordOutcome.OK,
+            actor_kind=ActorKind.ORGANIZATION,
+            actor_id=caller(),
+            procedure=f"{SERVICE}.DisclosePersonAccessRecords",
+            requester=tenant,
+            subject=unified_number,
+        )
+
+        def append() -> None:
+            with repo.tenant_unit_of_work(self._d.sessions, tenant) as session:
+                self._d.recorder.append(session, [entry])
+
+        await asyncio.to_thread(append)
+
     async def DisclosePersonAccessRecords(  # noqa: N802 (gRPC method name)
         self, request: pb.DisclosePersonAccessRecordsRequest, context: Any
     ) -> pb.DisclosePersonAccessRecordsResponse:
@@ -322,6 +343,7 @@ class IntermediateServerServicer(intermediate_server_pb2_grpc.IntermediateServer
         found = await self._disclosure.disclose(
             tenant.code, request.unified_number, deadline=deadline
         )
+        await self._record_disclosure(tenant.code, request.unified_number)
         return pb.DisclosePersonAccessRecordsResponse(
             records=found.records, unanswered=found.unanswered
         )

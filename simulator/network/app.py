@@ -233,6 +233,8 @@ async def start(config: Config) -> App:
             directory=directory,
             security=config.security,
             timeout=config.route_timeout,
+            records=records,
+            clock=config.clock,
         ),
     )
     try:

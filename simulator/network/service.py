@@ -268,7 +268,14 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
             )
         remaining = context.time_remaining()
         deadline = None if remaining is None else remaining - _DEADLINE_MARGIN
-        collected = await self._collector.collect(organization, code, deadline=deadline)
+
+        def admit(asked: int) -> None:
+            # The call paid 1 on the way in; each organization it has the network ask costs 1.
+            self._admit(ORG_PREFIX + organization, asked)
+
+        collected = await self._collector.collect(
+            organization, code, deadline=deadline, admit=admit
+        )
         return network_pb2.CollectPersonAccessRecordsResponse(
             records=[
                 network_pb2.PlacedAccessRecord(place=p.place, record=p.record)

@@ -29,6 +29,8 @@ from linkage.v1 import (
     network_pb2_grpc,
     unified_address_pb2,
 )
+from server import repository as server_repository
+from simulator.network.service import NetworkService
 from simulator.world import World
 from unified_address.individual_number import complete
 
@@ -69,10 +71,16 @@ async def _query(world: World, query_id: str, address_number: str) -> int:
 
 async def _two_people_queried_by_sakai(world: World) -> tuple[str, str]:
     """Sakai's unified numbers of the person with a pension at JPS and of the one without."""
+    queried, other, _ = await _two_people_at_both(world)
+    return queried, other
+
+
+async def _two_people_at_both(world: World) -> tuple[str, str, str]:
+    """``_two_people_queried_by_sakai``, and JPS's unified number of the queried person."""
     await world.registry.load_residents(
         [("10000000001", QUERIED, "sakai"), ("10000000002", OTHER, "sakai")]
     )
-    await _register(world, "jps", "nenkin", "N-1", QUERIED)
+    at_jps = await _register(world, "jps", "nenkin", "N-1", QUERIED)
     await _register(world, "jps", "nenkin", "N-2", OTHER)
     await world.business_system("jps", "nenkin").PushDuplicates(
         unified_address_pb2.PushDuplicatesRequest(
@@ -93,7 +101,15 @@ async def _two_people_queried_by_sakai(world: World) -> tuple[str, str]:
     other = await _register(world, "sakai", "kouki", "K-2", OTHER)
     assert await _query(world, "pension-1", "K-1") == common_pb2.QUERY_STATUS_PROVIDED
     assert await _query(world, "pension-2", "K-2") == common_pb2.QUERY_STATUS_NO_DATA
-    return queried, other
+    return queried, other, at_jps
+
+
+def _linkage_code(world: World, tenant: str, unified_number: str) -> str:
+    """The tenant's linkage code for the person (read from its platform's database)."""
+    with world.platform_of(tenant).sessions() as session:
+        row = server_repository.code_of(session, tenant, unified_number)
+        assert row is not None
+        return row.linkage_code
 
 
 def _sakai(world: World) -> Target:
@@ -142,7 +158,8 @@ async def test_a_person_sees_entries_from_requester_network_and_provider_and_onl
 async def test_the_disclosure_carries_record_fields_only_never_numbers_codes_or_contents(
     world: World,
 ) -> None:
-    queried, _ = await _two_people_queried_by_sakai(world)
+    queried, _, at_jps = await _two_people_at_both(world)
+    codes = [_linkage_code(world, "sakai", queried), _linkage_code(world, "jps", at_jps)]
     stub = intermediate_server_pb2_grpc.IntermediateServerServiceStub(
         world.channel("ua.sakai", world.platform_of("sakai").address)
     )
@@ -155,8 +172,95 @@ async def test_the_disclosure_carries_record_fields_only_never_numbers_codes_or_
 
     raw = response.SerializeToString()
     assert queried.encode() not in raw
+    assert at_jps.encode() not in raw
     assert QUERIED.encode() not in raw
     assert str(PENSION.annual_amount).encode() not in raw
+    for code in codes:
+        assert code.encode() not in raw
+    assert {r.place for r in response.records} == {"sakai", "network", "jps"}
+
+
+async def test_another_places_records_reach_the_caller_without_actor_ids_or_ledger(
+    world: World,
+) -> None:
+    queried, _, at_jps = await _two_people_at_both(world)
+    jps = intermediate_server_pb2_grpc.IntermediateServerServiceStub(
+        world.channel("ua.jps", world.platform_of("jps").address)
+    )
+    own = await jps.DiscloseAccessRecords(
+        intermediate_server_pb2.DiscloseAccessRecordsRequest(
+            parent="organizations/jps", unified_number=at_jps
+        )
+    )
+    # JPS's own caller sees who acted (its staff, business systems): Sakai's must not.
+    kinds = {"organization", "business_system", "staff", "network", "system"}
+    jps_actors = {r.actor for r in own.records} - {"", "jps", "sakai", "network"} - kinds
+    assert jps_actors
+    sakai = intermediate_server_pb2_grpc.IntermediateServerServiceStub(
+        world.channel("ua.sakai", world.platform_of("sakai").address)
+    )
+
+    response = await sakai.DisclosePersonAccessRecords(
+        intermediate_server_pb2.DisclosePersonAccessRecordsRequest(
+            parent="organizations/sakai", unified_number=queried
+        )
+    )
+
+    raw = response.SerializeToString()
+    for actor in jps_actors:
+        assert actor.encode() not in raw, actor
+    elsewhere = [r.record for r in response.records if r.place != "sakai"]
+    assert elsewhere
+    assert all(r.ledger == "" for r in elsewhere)
+    assert all(r.actor in kinds for r in elsewhere)
+    # What the person needs is still there: who asked whom, for what, with what outcome.
+    provided = [r for r in elsewhere if r.event == "PROVIDED"]
+    assert [(r.requester, r.provider, r.procedure, r.outcome) for r in provided] == [
+        ("sakai", "jps", "table2:82", "PROVIDED")
+    ]
+    assert list(provided[0].data_items) == ["pension_benefit"]
+    own_records = [r.record for r in response.records if r.place == "sakai"]
+    assert all(r.ledger == "server:sakai" and r.actor for r in own_records)
+
+
+async def test_the_disclosure_is_recorded_at_the_asking_platform_and_the_network(
+    world: World,
+) -> None:
+    queried, _ = await _two_people_queried_by_sakai(world)
+    before = await disclose_person(_sakai(world), queried)
+    assert not [e for e in before.entries if e["event"] == "STAFF_OPERATION"]
+
+    after = await disclose_person(_sakai(world), queried)
+
+    recorded = {
+        (e["place"], e["procedure"], e["requester"], e["outcome"])
+        for e in after.entries
+        if e["event"] == "STAFF_OPERATION"
+    }
+    assert recorded == {
+        ("sakai", "IntermediateServerService.DisclosePersonAccessRecords", "sakai", "OK"),
+        ("network", "NetworkService.CollectPersonAccessRecords", "sakai", "OK"),
+    }
+
+
+async def test_collecting_is_charged_once_per_organization_asked(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queried, _ = await _two_people_queried_by_sakai(world)
+    charged: list[tuple[str, float]] = []
+    admit = NetworkService._admit
+
+    def recording(self: NetworkService, identity: str, cost: int = 1) -> None:
+        charged.append((identity, cost))
+        admit(self, identity, cost)
+
+    monkeypatch.setattr(NetworkService, "_admit", recording)
+
+    found = await disclose_person(_sakai(world), queried)
+
+    assert set(found.places()) == {"sakai", "network", "jps"}
+    # The call itself, then JPS (the one other organization asked).
+    assert [cost for who, cost in charged if who == "org.sakai"] == [1, 1]
 
 
 async def test_only_the_network_may_ask_a_platform_for_an_organizations_records(
