@@ -224,7 +224,7 @@ class HeldProvisionRow(Base):
 class StaffAccountRow(Base):
     """A staff member's account at a tenant: one person per user name (no shared accounts).
 
-    ``password_hash`` is ``server.passwords``' stored form (scrypt, parameters included);
+    ``password_hash`` is ``linkage.staffauth``' stored form (scrypt, parameters included);
     ``roles`` the granted roles joined by ","; ``must_change_password`` is set for an initial
     password and cleared by ChangePassword.
     """

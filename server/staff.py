@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -41,18 +40,19 @@ from linkage.records.model import AccessRecord, ActorKind, Outcome, RecordEvent
 from linkage.staffauth import (
     MAX_LENGTH,
     MAX_TOKEN,
+    PasswordHasher,
     ScryptParams,
     hash_password,
     needs_rehash,
+    new_session_token,
     password_problem,
     personal_username_problem,
     token_digest,
     username_problem,
-    verify_password,
 )
 from server import repository as repo
 from server import staff_store as store
-from server.models import StaffAccountRow, StaffSessionRow
+from server.models import StaffAccountRow, StaffSessionRow, StaffSignInFailureRow
 from server.ports import Clock
 from server.records import Recorder, record
 
@@ -62,9 +62,6 @@ SIGN_IN = "StaffService.SignIn"
 SIGN_OUT = "StaffService.SignOut"
 CHANGE_PASSWORD = "StaffService.ChangePassword"  # noqa: S105 (an operation name)
 CREATE_STAFF_ACCOUNT = "StaffService.CreateStaffAccount"
-
-_DUMMY_PASSWORD = "not-a-password-of-anyone"  # noqa: S105 (hashed to equalize timing only)
-_MAX_TOKEN = MAX_TOKEN
 
 
 class Role(StrEnum):
@@ -169,17 +166,16 @@ class Staff:
         self._recorder = recorder
         self._clock = clock
         self.settings = settings if settings is not None else StaffSettings()
-        self._dummy: str | None = None
-        # scrypt takes n·r·128 bytes (16 MiB by default) per hash: bound how many run at once.
-        self._hash_slots = asyncio.Semaphore(self.settings.max_concurrent_hashes)
 
-    async def _check_password(self, password: str, stored: str | None) -> bool:
-        async with self._hash_slots:
-            return await asyncio.to_thread(self._verify, password, stored)
+    @property
+    def settings(self) -> StaffSettings:
+        return self._settings
 
-    async def _hash(self, password: str) -> str:
-        async with self._hash_slots:
-            return await asyncio.to_thread(hash_password, password, self.settings.password_params)
+    @settings.setter
+    def settings(self, settings: StaffSettings) -> None:
+        """New settings (raised hash parameters apply from the next hash made)."""
+        self._settings = settings
+        self._hasher = PasswordHasher(settings.password_params, settings.max_concurrent_hashes)
 
     # --- records ---------------------------------------------------------------------------------
 
@@ -219,7 +215,7 @@ class Staff:
     ) -> str:
         """CreateStaffAccount by an administrator (the caller checked the role); the name."""
         granted = self._check_account(actor.tenant, username, password, roles)
-        hashed = await self._hash(password)
+        hashed = await self._hasher.hash(password)
         return await asyncio.to_thread(
             self._insert_account,
             actor.tenant,
@@ -330,13 +326,18 @@ class Staff:
     # --- signing in ------------------------------------------------------------------------------
 
     async def sign_in(self, tenant: str, username: str, password: str) -> SignedIn:
-        """A new session, or UNAUTHENTICATED (unknown user and wrong password alike)."""
+        """A new session, or UNAUTHENTICATED (unknown user and wrong password alike).
+
+        The attempt is counted before the hash is checked, in one atomic write of the failure
+        row (which serializes concurrent attempts on the user name): once the limit is reached
+        no further guess is evaluated, however many arrive at once. A match issues a session
+        only if the user name is still not locked when the result is written."""
         _check_credentials_shape(username, password)
-        stored = await asyncio.to_thread(self._before_sign_in, tenant, username)
-        matched = await self._check_password(password, stored)
+        stored = await asyncio.to_thread(self._begin_attempt, tenant, username)
+        matched = await self._hasher.check(password, stored)
         rehash = None
         if matched and stored is not None and needs_rehash(stored, self.settings.password_params):
-            rehash = await self._hash(password)
+            rehash = await self._hasher.hash(password)
         outcome = await asyncio.to_thread(
             self._after_sign_in, tenant, username, matched, stored, rehash
         )
@@ -344,42 +345,37 @@ class Staff:
             raise outcome
         return outcome
 
-    def _dummy_hash(self) -> str:
-        if self._dummy is None:
-            self._dummy = hash_password(_DUMMY_PASSWORD, self.settings.password_params)
-        return self._dummy
-
-    def _verify(self, password: str, stored: str | None) -> bool:
-        """Verify against the account's hash, or a dummy one of the same cost (same timing)."""
-        if stored is None:
-            verify_password(password, self._dummy_hash())
-            return False
-        return verify_password(password, stored)
-
-    def _before_sign_in(self, tenant: str, username: str, operation: str = SIGN_IN) -> str | None:
-        """The stored hash (None for an unknown user); RESOURCE_EXHAUSTED while locked."""
+    def _begin_attempt(self, tenant: str, username: str, operation: str = SIGN_IN) -> str | None:
+        """Count one attempt (atomically, before any hash is checked); the stored hash (None
+        for an unknown user). RESOURCE_EXHAUSTED (recorded) while locked, or once the attempt
+        passes the limit (which locks the name: an attempt evaluated meanwhile cannot sign in)."""
         now = self._clock()
+        settings = self.settings
         with repo.tenant_unit_of_work(self._sessions, tenant) as session:
-            locked = self._lock_error(session, tenant, username, now)
-            if locked is None:
+            # The upsert is the first statement: it holds the row (PostgreSQL) or the database
+            # (SQLite) for the rest of the transaction, so the reads below are consistent.
+            count = store.note_failure(
+                session, tenant, username, at=now, window_start=now - settings.lockout
+            )
+            until = store.locked_until(session, tenant, username)
+            if until is None or until <= now:
+                until = now + settings.lockout if count > settings.max_failed_sign_ins else None
+            if until is None:
                 account = store.account(session, tenant, username)
                 return None if account is None else account.password_hash
+            store.lock(session, tenant, username, until)  # the count starts afresh after it
+            locked = _locked(until, now)
             self._recorder.append(
                 session, self._denied(tenant, now, username, operation, locked).records
             )
         raise locked
 
-    def _lock_error(
-        self, session: Session, tenant: str, username: str, now: datetime
-    ) -> ResourceExhausted | None:
-        until = store.locked_until(session, tenant, username)
-        if until is None or until <= now:
-            return None
-        seconds = max(1, int((until - now).total_seconds()))
-        return ResourceExhausted(
-            "SIGN_IN_LOCKED",
-            "too many failed sign-ins; try again later",
-            metadata={"retry_after_seconds": str(seconds)},
+    def _failure_row(
+        self, session: Session, tenant: str, username: str
+    ) -> StaffSignInFailureRow | None:
+        """The failure row, re-read under a row lock (FOR UPDATE on PostgreSQL)."""
+        return session.get(
+            StaffSignInFailureRow, (tenant, username), with_for_update=True, populate_existing=True
         )
 
     def _after_sign_in(
@@ -392,10 +388,18 @@ class Staff:
             account = store.account(session, tenant, username)
             if account is None:  # deleted while the hash was checked
                 return self._count_failure(session, tenant, username, now, SIGN_IN)
+            failure = self._failure_row(session, tenant, username)
+            until = None if failure is None else failure.locked_until
+            if until is not None and until > now:  # locked while the hash was checked
+                locked = _locked(until, now)
+                self._recorder.append(
+                    session, self._denied(tenant, now, username, SIGN_IN, locked).records
+                )
+                return locked
             store.clear_failures(session, tenant, username)
             if rehash is not None and stored is not None:
                 store.replace_hash(session, tenant, username, stored, rehash)
-            token = secrets.token_urlsafe(32)
+            token = new_session_token()
             expires_at = now + self.settings.session_lifetime
             store.add_session(
                 session,
@@ -422,12 +426,17 @@ class Staff:
     def _count_failure(
         self, session: Session, tenant: str, username: str, now: datetime, operation: str
     ) -> LinkageError:
-        """Count a wrong password (locking at the limit), record it; the error to raise."""
+        """A wrong password (already counted when the attempt began): lock at the limit, record
+        it; the error to raise."""
         settings = self.settings
-        failures = store.note_failure(
-            session, tenant, username, at=now, window_start=now - settings.lockout
-        )
-        if failures >= settings.max_failed_sign_ins:
+        failure = self._failure_row(session, tenant, username)
+        if failure is None:  # a success reset the count meanwhile: count this one again
+            store.note_failure(
+                session, tenant, username, at=now, window_start=now - settings.lockout
+            )
+        elif (
+            failure.locked_until is None or failure.locked_until <= now
+        ) and failure.failures >= settings.max_failed_sign_ins:
             store.lock(session, tenant, username, now + settings.lockout)
             log.warning("staff_sign_in_locked", tenant=tenant)
         error = Unauthenticated("INVALID_CREDENTIALS", "unknown user name or wrong password")
@@ -465,7 +474,7 @@ class Staff:
         now: datetime,
     ) -> Actor | _Denial:
         """Who holds the session, or why not: tenant, expiry, password change, role."""
-        if not token or len(token) > _MAX_TOKEN:
+        if not token or len(token) > MAX_TOKEN:
             return self._denied(
                 tenant, now, "", operation, Unauthenticated("NO_SESSION", "sign in first")
             )
@@ -588,12 +597,12 @@ class Staff:
         if new == current:
             raise _invalid("SAME_PASSWORD", "new_password", "must differ from the current one")
         stored = await asyncio.to_thread(
-            self._before_sign_in, tenant, actor.username, CHANGE_PASSWORD
+            self._begin_attempt, tenant, actor.username, CHANGE_PASSWORD
         )
-        if not await self._check_password(current, stored):
+        if not await self._hasher.check(current, stored):
             error = await asyncio.to_thread(self._wrong_current, actor)
             raise error
-        hashed = await self._hash(new)
+        hashed = await self._hasher.hash(new)
         await asyncio.to_thread(self._store_password, actor, hashed)
 
     def _wrong_current(self, actor: Actor) -> LinkageError:
@@ -633,6 +642,15 @@ class Staff:
         ended = store.purge_sessions(session, now, idle_cutoff, tenant)
         store.purge_failures(session, now, now - self.settings.lockout, tenant)
         return ended
+
+
+def _locked(until: datetime, now: datetime) -> ResourceExhausted:
+    seconds = max(1, int((until - now).total_seconds()))
+    return ResourceExhausted(
+        "SIGN_IN_LOCKED",
+        "too many failed sign-ins; try again later",
+        metadata={"retry_after_seconds": str(seconds)},
+    )
 
 
 def _check_credentials_shape(username: str, password: str) -> None:

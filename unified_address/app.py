@@ -68,9 +68,11 @@ class Config:
     the client identity toward the registry and the intermediate server. ``data_dir`` holds
     the data key of individual numbers and the key ring that signs the ledger's checkpoints.
     ``migrate`` brings the database to the newest schema at start (tests that build the schema
-    themselves turn it off). ``staff`` sets session lifetimes, lockout and the password hash
-    cost of the staff service; ``records_retention_interval`` how often expired records are
-    purged (``None``: never, for tests that count records). ``database_connect_timeout`` bounds
+    themselves turn it off). ``staff`` sets session lifetimes, lockout, the password hash
+    cost of the staff service and how often its ended sessions and stale failed sign-ins are
+    purged (``staff.purge_interval``, a background task stopped by ``close``);
+    ``records_retention_interval`` how often expired records are purged (``None``: never, for
+    tests that count records). ``database_connect_timeout`` bounds
     a PostgreSQL connection attempt (seconds); ``database_probe_interval`` is how often the
     health status is brought in line with the database (NOT_SERVING while it does not answer).
     """
@@ -147,6 +149,7 @@ class App:
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop serving (in-flight calls finish), then close the upstream channels."""
+        await self.staff.stop_purge()
         if self.retention is not None:
             await self.retention.stop()
         if self._health is not None:
@@ -225,6 +228,8 @@ async def start(config: Config) -> App:
         )
         if retention is not None:
             await retention.start()
+        if config.staff.purge_interval is not None:
+            staff.start_purge()
         probe = db.probe_engine(
             config.database_url, connect_timeout=config.database_connect_timeout
         )
@@ -233,6 +238,7 @@ async def start(config: Config) -> App:
         )
         await database_health.start()
     except BaseException:
+        await staff.stop_purge()
         await server_channel.close(None)
         await registry_channel.close(None)
         engine.dispose()

@@ -27,13 +27,14 @@ with an initial password do anything but change it or sign out, or import grpc.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import case, delete, select, update
+from sqlalchemy import bindparam, case, delete, null, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -109,7 +110,7 @@ def console_identity(organization: str) -> str:
 
 @dataclass(frozen=True)
 class StaffSettings:
-    """Session lifetimes, lockout and the password hash cost."""
+    """Session lifetimes, lockout, the password hash cost and the purge interval."""
 
     session_idle_timeout: timedelta = timedelta(minutes=30)
     session_lifetime: timedelta = timedelta(hours=8)
@@ -117,6 +118,8 @@ class StaffSettings:
     lockout: timedelta = timedelta(minutes=15)
     max_concurrent_hashes: int = 4
     password_params: ScryptParams = field(default_factory=ScryptParams)
+    # How often ended sessions and stale failure rows are deleted (None: the app never does).
+    purge_interval: timedelta | None = timedelta(minutes=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +152,15 @@ def _invalid(reason: str, field_name: str, description: str) -> InvalidArgument:
         reason,
         f"{field_name}: {description}",
         violations=(FieldViolation(field_name, description),),
+    )
+
+
+def _locked(until: datetime, now: datetime) -> ResourceExhausted:
+    seconds = max(1, int((until - now).total_seconds()))
+    return ResourceExhausted(
+        "SIGN_IN_LOCKED",
+        "too many failed sign-ins; try again later",
+        metadata={"retryAfterSeconds": str(seconds)},
     )
 
 
@@ -197,6 +209,7 @@ class StaffAccounts:
         self._hasher = PasswordHasher(
             self.settings.password_params, self.settings.max_concurrent_hashes
         )
+        self._purge_task: asyncio.Task[None] | None = None
 
     @property
     def organization(self) -> str:
@@ -346,9 +359,14 @@ class StaffAccounts:
     # --- signing in ------------------------------------------------------------------------
 
     async def sign_in(self, username: str, password: str) -> SignedIn:
-        """A new session, or UNAUTHENTICATED (unknown user and wrong password alike)."""
+        """A new session, or UNAUTHENTICATED (unknown user and wrong password alike).
+
+        The attempt is counted before the hash is checked, in one atomic write of the failure
+        row (which serializes concurrent attempts on the user name): once the limit is reached
+        no further guess is evaluated, however many arrive at once. A match issues a session
+        only if the user name is still not locked when the result is written."""
         _check_credentials_shape(username, password)
-        stored = await self._run(lambda s: self._before_sign_in(s, username, SIGN_IN))
+        stored = await self._run(lambda s: self._begin_attempt(s, username, SIGN_IN))
         if isinstance(stored, LinkageError):
             raise stored
         matched = await self._hasher.check(password, stored)
@@ -363,23 +381,53 @@ class StaffAccounts:
             raise outcome
         return outcome
 
-    def _before_sign_in(
+    def _begin_attempt(
         self, session: Session, username: str, operation: str
     ) -> str | LinkageError | None:
-        """The stored hash (None for an unknown user), or the lock (recorded) while locked."""
+        """Count one attempt (atomically, before any hash is checked); the stored hash (None
+        for an unknown user), or the lock (recorded) while locked or at the limit."""
         now = self._clock()
-        failure = session.get(StaffSignInFailure, username)
-        if failure is not None and failure.locked_until is not None and failure.locked_until > now:
-            seconds = max(1, int((failure.locked_until - now).total_seconds()))
-            error = ResourceExhausted(
-                "SIGN_IN_LOCKED",
-                "too many failed sign-ins; try again later",
-                metadata={"retryAfterSeconds": str(seconds)},
+        settings = self.settings
+        table = StaffSignInFailure.__table__
+        c = table.c
+        locked = c.locked_until > now
+        restart = (c.locked_until <= now) | (c.last_failure_at < now - settings.lockout)
+        count = case((locked, c.failures), (restart, 1), else_=c.failures + 1)
+        until = bindparam("until", now + settings.lockout, type_=c.locked_until.type)
+        row = session.execute(
+            _insert(session, table)
+            .values(username=username, failures=1, last_failure_at=now, locked_until=None)
+            .on_conflict_do_update(
+                index_elements=[c.username],
+                set_={
+                    "failures": count,
+                    "last_failure_at": now,
+                    # Past the limit: lock (an attempt evaluated meanwhile cannot sign in).
+                    "locked_until": case(
+                        (locked, c.locked_until),
+                        (count > settings.max_failed_sign_ins, until),
+                        else_=null(),
+                    ),
+                },
             )
+            .returning(c.locked_until)
+        ).one()
+        locked_until: datetime | None = row[0]
+        if locked_until is not None and locked_until > now:
+            error = _locked(locked_until, now)
             self._deny(session, _Denial(error, username), operation)
             return error
         account = session.get(StaffAccount, username)
         return None if account is None else account.password_hash
+
+    def _failure_row(self, session: Session, username: str) -> StaffSignInFailure | None:
+        """The failure row, re-read under a row lock (FOR UPDATE on PostgreSQL)."""
+        return session.execute(
+            select(StaffSignInFailure)
+            .where(StaffSignInFailure.username == username)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).scalar_one_or_none()
 
     def _after_sign_in(
         self,
@@ -393,6 +441,11 @@ class StaffAccounts:
         account = session.get(StaffAccount, username) if matched else None
         if account is None:  # wrong password, unknown user, or deleted meanwhile
             return self._count_failure(session, username, now, SIGN_IN)
+        failure = self._failure_row(session, username)
+        if failure is not None and failure.locked_until is not None and failure.locked_until > now:
+            error = _locked(failure.locked_until, now)
+            self._deny(session, _Denial(error, username), SIGN_IN)
+            return error
         session.execute(delete(StaffSignInFailure).where(StaffSignInFailure.username == username))
         if rehash is not None and account.password_hash == stored:
             account.password_hash = rehash
@@ -415,30 +468,24 @@ class StaffAccounts:
     def _count_failure(
         self, session: Session, username: str, now: datetime, operation: str
     ) -> LinkageError:
-        """Count a wrong password (locking at the limit), record it; the error to raise."""
+        """A wrong password (already counted when the attempt began): lock at the limit, record
+        it; the error to raise."""
         settings = self.settings
-        table = StaffSignInFailure.__table__
-        c = table.c
-        counted = session.execute(
-            _insert(session, table)
-            .values(username=username, failures=1, last_failure_at=now, locked_until=None)
-            .on_conflict_do_update(
-                index_elements=[c.username],
-                set_={
-                    "failures": case(
-                        (c.last_failure_at < now - settings.lockout, 1), else_=c.failures + 1
-                    ),
-                    "last_failure_at": now,
-                },
-            )
-            .returning(c.failures)
-        ).scalar_one()
-        if int(counted) >= settings.max_failed_sign_ins:
+        failure = self._failure_row(session, username)
+        if failure is None:  # a success reset the count meanwhile: count this one again
+            c = StaffSignInFailure.__table__.c
             session.execute(
-                update(StaffSignInFailure)
-                .where(StaffSignInFailure.username == username)
-                .values(locked_until=now + settings.lockout, failures=0)
+                _insert(session, StaffSignInFailure.__table__)
+                .values(username=username, failures=1, last_failure_at=now, locked_until=None)
+                .on_conflict_do_update(
+                    index_elements=[c.username],
+                    set_={"failures": c.failures + 1, "last_failure_at": now},
+                )
             )
+        elif (
+            failure.locked_until is None or failure.locked_until <= now
+        ) and failure.failures >= settings.max_failed_sign_ins:
+            failure.locked_until = now + settings.lockout
             log.warning("ua_staff_sign_in_locked")
         error = Unauthenticated("INVALID_CREDENTIALS", "unknown user name or wrong password")
         self._deny(session, _Denial(error, username), operation)
@@ -522,22 +569,28 @@ class StaffAccounts:
         return result
 
     async def authorize(self, token: str, operation: str, allowed: frozenset[Role]) -> StaffMember:
-        """The session's staff member, if one of their roles is ``allowed``; the operation is
-        recorded as started (STAFF_OPERATION) with the session check, a refusal as denied."""
+        """The session's staff member, if one of their roles is ``allowed`` (a refusal is
+        recorded and raised). For work done outside a transaction of ours: the caller records
+        its outcome with ``record_outcome`` once the work is done."""
 
         def work(session: Session) -> StaffMember | _Denial:
-            checked = self._authorized(session, token, operation, allowed)
-            if isinstance(checked, StaffMember):
-                entry = self._entry(
-                    checked.username, RecordEvent.STAFF_OPERATION, Outcome.OK, operation
-                )
-                self._audit.append(session, [entry])
-            return checked
+            return self._authorized(session, token, operation, allowed)
 
         checked = await self._run(work)
         if isinstance(checked, _Denial):
             raise checked.error
         return checked
+
+    async def record_outcome(
+        self, member: StaffMember, operation: str, failure: LinkageError | None = None
+    ) -> None:
+        """Record an authorized operation once done: OK, or FAILED with ``failure``'s reason."""
+        outcome = Outcome.OK if failure is None else Outcome.FAILED
+        reason = "" if failure is None else failure.reason
+        entry = self._entry(
+            member.username, RecordEvent.STAFF_OPERATION, outcome, operation, reason
+        )
+        await self._run(lambda session: self._audit.append(session, [entry]))
 
     async def _record_failure(self, token: str, operation: str, error: LinkageError) -> None:
         def work(session: Session) -> None:
@@ -590,9 +643,7 @@ class StaffAccounts:
             raise _invalid("WEAK_PASSWORD", "new_password", problem)
         if new == current:
             raise _invalid("SAME_PASSWORD", "new_password", "must differ from the current one")
-        stored = await self._run(
-            lambda s: self._before_sign_in(s, member.username, CHANGE_PASSWORD)
-        )
+        stored = await self._run(lambda s: self._begin_attempt(s, member.username, CHANGE_PASSWORD))
         if isinstance(stored, LinkageError):
             raise stored
         if not await self._hasher.check(current, stored):
@@ -624,15 +675,59 @@ class StaffAccounts:
         )
         self._audit.append(session, [entry])
 
-    def purge(self, session: Session, now: datetime) -> int:
-        """Delete ended sessions (past absolute expiry or idle); the number deleted."""
+    def purge(self, session: Session, now: datetime) -> tuple[int, int]:
+        """Delete ended sessions (past absolute expiry or idle) and failure rows older than the
+        lockout window whose lock (if any) has ended; the numbers deleted."""
         idle_cutoff = now - self.settings.session_idle_timeout
         ended = session.execute(
             delete(StaffSession).where(
                 (StaffSession.expires_at <= now) | (StaffSession.last_used_at <= idle_cutoff)
             )
         )
-        return int(ended.rowcount)  # type: ignore[attr-defined]
+        failure = StaffSignInFailure
+        stale = session.execute(
+            delete(failure).where(
+                failure.last_failure_at < now - self.settings.lockout,
+                failure.locked_until.is_(None) | (failure.locked_until <= now),
+            )
+        )
+        return int(ended.rowcount), int(stale.rowcount)  # type: ignore[attr-defined]
+
+    async def purge_now(self) -> tuple[int, int]:
+        """Run the purge once now: ended sessions and stale failure rows deleted."""
+        now = self._clock()
+        return await self._run(lambda session: self.purge(session, now))
+
+    def start_purge(self, interval: float | None = None) -> asyncio.Task[None]:
+        """Purge every ``interval`` seconds (default ``settings.purge_interval``) in the
+        background until ``stop_purge``; a failed round is logged and the next one runs."""
+        if self._purge_task is not None and not self._purge_task.done():
+            return self._purge_task
+        if interval is None:
+            every = self.settings.purge_interval
+            interval = 600.0 if every is None else every.total_seconds()
+        seconds = interval
+        self._purge_task = asyncio.create_task(self._purge_loop(seconds))
+        return self._purge_task
+
+    async def stop_purge(self) -> None:
+        task, self._purge_task = self._purge_task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _purge_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                sessions, failures = await self.purge_now()
+            except Exception as error:  # the database may be away: retry at the next round
+                log.warning("ua_staff_purge_failed", error=type(error).__name__)
+                continue
+            if sessions or failures:
+                log.info("ua_staff_purged", sessions=sessions, failures=failures)
 
     def accounts(self) -> list[tuple[str, frozenset[Role], bool]]:
         """Every account: user name, roles, whether the initial password is still to change."""

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import grpc.aio
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from linkage.errors import FieldViolation, InvalidArgument
+from linkage.errors import FieldViolation, InvalidArgument, LinkageError
 from linkage.rpc import caller
 from linkage.v1 import unified_address_staff_pb2 as pb
 from linkage.v1 import unified_address_staff_pb2_grpc as pb_grpc
@@ -130,6 +130,11 @@ class UnifiedAddressStaffServicer(pb_grpc.UnifiedAddressStaffServiceServicer):
         self._runtime = runtime
         self._accounts = accounts
 
+    async def _console(self, rpc: str) -> None:
+        """Refuse (and record) any caller but the staff console: before the request is even
+        parsed, so a malformed request from anyone else is a recorded refusal too."""
+        await self._accounts.check_console(caller(), f"{SERVICE}.{rpc}")
+
     async def _desk(
         self,
         context: Context,
@@ -137,14 +142,14 @@ class UnifiedAddressStaffServicer(pb_grpc.UnifiedAddressStaffServiceServicer):
         allowed: frozenset[Role],
         fn: Callable[[staff.Desk], _T],
     ) -> _T:
+        """``fn`` at the staff member's desk (the caller checked the console first)."""
         operation = f"{SERVICE}.{rpc}"
-        await self._accounts.check_console(caller(), operation)
         return await self._accounts.at_desk(bearer_token(context), operation, allowed, fn)
 
     async def SignIn(  # noqa: N802 - the gRPC method name
         self, request: pb.UnifiedAddressStaffServiceSignInRequest, context: Context
     ) -> pb.UnifiedAddressStaffServiceSignInResponse:
-        await self._accounts.check_console(caller(), f"{SERVICE}.SignIn")
+        await self._console("SignIn")
         signed = await self._accounts.sign_in(request.username, request.password)
         return pb.UnifiedAddressStaffServiceSignInResponse(
             session_token=signed.token,
@@ -156,14 +161,14 @@ class UnifiedAddressStaffServicer(pb_grpc.UnifiedAddressStaffServiceServicer):
     async def SignOut(  # noqa: N802 - the gRPC method name
         self, request: pb.UnifiedAddressStaffServiceSignOutRequest, context: Context
     ) -> pb.UnifiedAddressStaffServiceSignOutResponse:
-        await self._accounts.check_console(caller(), f"{SERVICE}.SignOut")
+        await self._console("SignOut")
         await self._accounts.sign_out(bearer_token(context))
         return pb.UnifiedAddressStaffServiceSignOutResponse()
 
     async def ChangePassword(  # noqa: N802 - the gRPC method name
         self, request: pb.UnifiedAddressStaffServiceChangePasswordRequest, context: Context
     ) -> pb.UnifiedAddressStaffServiceChangePasswordResponse:
-        await self._accounts.check_console(caller(), f"{SERVICE}.ChangePassword")
+        await self._console("ChangePassword")
         await self._accounts.change_password(
             bearer_token(context), request.current_password, request.new_password
         )
@@ -172,6 +177,7 @@ class UnifiedAddressStaffServicer(pb_grpc.UnifiedAddressStaffServiceServicer):
     async def SearchPersons(  # noqa: N802 - the gRPC method name
         self, request: pb.SearchPersonsRequest, context: Context
     ) -> pb.SearchPersonsResponse:
+        await self._console("SearchPersons")
         v = _Violations()
         by_address = request.HasField("address")
         if request.unified_number:
@@ -197,6 +203,7 @@ class UnifiedAddressStaffServicer(pb_grpc.UnifiedAddressStaffServiceServicer):
     async def ListCodeRequestFailures(  # noqa: N802 - the gRPC method name
         self, request: pb.ListCodeRequestFailuresRequest, context: Context
     ) -> pb.ListCodeRequestFailuresResponse:
+        await self._console("ListCodeRequestFailures")
         size = _page_size(request.page_size)
         found = await self._desk(
             context,
@@ -209,6 +216,7 @@ class UnifiedAddressStaffServicer(pb_grpc.UnifiedAddressStaffServiceServicer):
     async def ListWaitingAddressNumbers(  # noqa: N802 - the gRPC method name
         self, request: pb.ListWaitingAddressNumbersRequest, context: Context
     ) -> pb.ListWaitingAddressNumbersResponse:
+        await self._console("ListWaitingAddressNumbers")
         size = _page_size(request.page_size)
         found = await self._desk(
             context,
@@ -229,20 +237,26 @@ class UnifiedAddressStaffServicer(pb_grpc.UnifiedAddressStaffServiceServicer):
     async def RetryFailedCodeRequests(  # noqa: N802 - the gRPC method name
         self, request: pb.RetryFailedCodeRequestsRequest, context: Context
     ) -> pb.RetryFailedCodeRequestsResponse:
+        await self._console("RetryFailedCodeRequests")
         v = _Violations()
         v.check(0 <= request.limit <= MAX_RETRY_LIMIT, "limit", f"must be 0..{MAX_RETRY_LIMIT}")
         v.raise_if_any()
         operation = f"{SERVICE}.RetryFailedCodeRequests"
-        await self._accounts.check_console(caller(), operation)
         member = await self._accounts.authorize(bearer_token(context), operation, WRITE_ROLES)
-        summary = await registration.retry_code_requests(
-            self._runtime, Actor.staff(member.username), request.limit or DEFAULT_RETRY_LIMIT
-        )
+        try:
+            summary = await registration.retry_code_requests(
+                self._runtime, Actor.staff(member.username), request.limit or DEFAULT_RETRY_LIMIT
+            )
+        except LinkageError as error:  # recorded as FAILED, as at the desk
+            await self._accounts.record_outcome(member, operation, error)
+            raise
+        await self._accounts.record_outcome(member, operation)
         return pb.RetryFailedCodeRequestsResponse(acquired=summary.acquired, failed=summary.failed)
 
     async def LinkAddressNumber(  # noqa: N802 - the gRPC method name
         self, request: pb.LinkAddressNumberRequest, context: Context
     ) -> pb.LinkAddressNumberResponse:
+        await self._console("LinkAddressNumber")
         v = _Violations()
         v.link(request.address, "address")
         if request.unified_number:
@@ -266,6 +280,7 @@ class UnifiedAddressStaffServicer(pb_grpc.UnifiedAddressStaffServiceServicer):
     async def MergePersons(  # noqa: N802 - the gRPC method name
         self, request: pb.MergePersonsRequest, context: Context
     ) -> pb.MergePersonsResponse:
+        await self._console("MergePersons")
         v = _Violations()
         v.match(_UNIFIED_NUMBER, request.keep_unified_number, "keep_unified_number")
         v.match(_UNIFIED_NUMBER, request.absorb_unified_number, "absorb_unified_number")
@@ -284,6 +299,7 @@ class UnifiedAddressStaffServicer(pb_grpc.UnifiedAddressStaffServiceServicer):
     async def SplitPerson(  # noqa: N802 - the gRPC method name
         self, request: pb.SplitPersonRequest, context: Context
     ) -> pb.SplitPersonResponse:
+        await self._console("SplitPerson")
         v = _Violations()
         v.match(_UNIFIED_NUMBER, request.unified_number, "unified_number")
         count = len(request.links)
@@ -304,6 +320,7 @@ class UnifiedAddressStaffServicer(pb_grpc.UnifiedAddressStaffServiceServicer):
     async def UndoLinkChange(  # noqa: N802 - the gRPC method name
         self, request: pb.UndoLinkChangeRequest, context: Context
     ) -> pb.UndoLinkChangeResponse:
+        await self._console("UndoLinkChange")
         v = _Violations()
         v.check(request.change_id > 0, "change_id", "must be positive")
         v.note(request.note)

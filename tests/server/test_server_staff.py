@@ -23,9 +23,9 @@ from server_support import PASSWORD, World, bearer, remote
 from sqlalchemy import text
 
 from linkage.errors import RemoteError, remote_error
+from linkage.staffauth import ScryptParams, hash_password, needs_rehash, verify_password
 from linkage.v1 import review_pb2, staff_pb2, system_management_pb2
 from server import cli_staff
-from server.passwords import ScryptParams, hash_password, needs_rehash, verify_password
 
 pb = staff_pb2
 NEW_PASSWORD = "a different passphrase"

@@ -30,7 +30,7 @@ from linkage.v1 import (
     unified_address_staff_pb2,
     unified_address_staff_pb2_grpc,
 )
-from unified_address import cli
+from unified_address import cli, registration
 from unified_address.app import App, Config, start
 from unified_address.staff_accounts import StaffSettings
 
@@ -371,6 +371,23 @@ async def test_a_business_system_certificate_may_not_use_the_staff_service(
     assert (last.event, last.actor_id) == (RecordEvent.ACCESS_DENIED, f"bs.{ORG}.kokuho")
 
 
+async def test_a_malformed_request_from_a_business_system_is_a_recorded_refusal(
+    app: App, config: Config, channels: Callable[[str], grpc.aio.Channel]
+) -> None:
+    stub = unified_address_staff_pb2_grpc.UnifiedAddressStaffServiceStub(
+        channels(f"bs.{ORG}.kokuho")
+    )
+    malformed = pb.SearchPersonsRequest(unified_number="not-a-number")
+    error = await failure(stub.SearchPersons(malformed))
+    assert (error.code, error.reason) == ("PERMISSION_DENIED", "CALLER_NOT_ALLOWED")
+    last = read_records(config.database_url)[-1]
+    assert (last.event, last.actor_id, last.procedure) == (
+        RecordEvent.ACCESS_DENIED,
+        f"bs.{ORG}.kokuho",
+        "UnifiedAddressStaffService.SearchPersons",
+    )
+
+
 # --- code requests ---------------------------------------------------------------------------
 
 
@@ -404,6 +421,26 @@ async def test_an_operator_retries_a_failed_code_request_a_viewer_may_not(
     assert (retried.acquired, retried.failed) == (1, 0)
     view = await person(console, viewer, registered.unified_number)
     assert view.code_state == pb.LINKAGE_CODE_STATE_ACQUIRED
+
+
+async def test_a_failed_retry_is_recorded_as_failed_not_ok(
+    app: App, config: Config, console: StaffStub, sign_in: SignIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*_args: object, **_kwargs: object) -> object:
+        raise Unavailable("REGISTRY_DOWN", "down for maintenance")
+
+    monkeypatch.setattr(registration, "retry_code_requests", broken)
+    operator = await sign_in("suzuki")
+    error = await failure(
+        console.RetryFailedCodeRequests(pb.RetryFailedCodeRequestsRequest(), metadata=operator)
+    )
+    assert error.reason == "REGISTRY_DOWN"
+    retries = [
+        (r.event, r.outcome, r.reason)
+        for r in staff_records(config)
+        if r.procedure == "UnifiedAddressStaffService.RetryFailedCodeRequests"
+    ]
+    assert retries == [(RecordEvent.STAFF_OPERATION, Outcome.FAILED, "REGISTRY_DOWN")]
 
 
 # --- no individual number --------------------------------------------------------------------
