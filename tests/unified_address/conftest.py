@@ -7,7 +7,7 @@ as ``ua.sakai``, a fake resident registry (``registry``) and a fake intermediate
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc.aio
@@ -15,12 +15,10 @@ import pytest
 from ua_fakes import FakeIntermediateServer, FakeRegistry, Served, serve
 from ua_support import IDENTITIES, ORG, SCOPES, Stub
 
-import linkage.records.models
-import unified_address.models  # noqa: F401  (registers the ua_ tables)
 from linkage import pki
-from linkage.db import Base, make_engine, sqlite_url
 from linkage.rpc import Security
 from linkage.v1 import intermediate_server_pb2_grpc, registry_pb2_grpc, unified_address_pb2_grpc
+from tests.conftest import DatabaseUrl
 from unified_address.app import App, Config, start
 
 
@@ -33,16 +31,9 @@ def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def database_url(tmp_path: Path) -> Iterator[str]:
-    """A fresh SQLite file with the whole schema (create_all until migrations cover ua_)."""
-    url = sqlite_url(tmp_path / "ua.sqlite")
-    engine = make_engine(url)
-    # The ledger's tables first: its append-only triggers are installed when access_records
-    # is created and need the other ledger tables to exist by then.
-    Base.metadata.create_all(engine, tables=list(linkage.records.models.TABLES))
-    Base.metadata.create_all(engine)
-    engine.dispose()
-    return url
+def database_url(database_url: DatabaseUrl) -> str:
+    """A fresh, migrated database of the unified address server on the run's backend."""
+    return database_url("ua")
 
 
 @pytest.fixture

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from sqlalchemy import inspect, text
 from ua_fakes import FakeIntermediateServer, FakeRegistry, Served
 from ua_support import ORG, Stub, individual_numbers, read_records
 
+from linkage.db import make_engine
 from linkage.errors import remote_error
 from linkage.v1 import unified_address_pb2 as ua_pb2
 from unified_address.app import App
@@ -97,12 +99,28 @@ async def test_a_waiting_address_number_is_linked_when_its_system_sends_the_numb
     assert (await _register(juki, "J-1", number)).unified_number == person.unified_number
 
 
-def _every_stored_byte(database: Path) -> bytes:
-    """The database file after folding the write-ahead log into it, plus any side files."""
-    with sqlite3.connect(database) as connection:
-        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    side_files = database.parent.glob(f"{database.name}-*")
-    return database.read_bytes() + b"".join(path.read_bytes() for path in side_files)
+def _every_stored_byte(database_url: str) -> bytes:
+    """Everything the database holds: on SQLite the file after folding the write-ahead log
+    into it, plus any side files; on PostgreSQL the text of every row of every table."""
+    if database_url.startswith("sqlite"):
+        database = Path(database_url.removeprefix("sqlite+pysqlite:///"))
+        with sqlite3.connect(database) as connection:
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        side_files = database.parent.glob(f"{database.name}-*")
+        return database.read_bytes() + b"".join(path.read_bytes() for path in side_files)
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            tables = inspect(connection).get_table_names()
+            rows = [
+                repr(row).encode()
+                for table in tables
+                for row in connection.execute(text(f'SELECT * FROM "{table}"'))  # noqa: S608 (names from the inspector)
+            ]
+    finally:
+        engine.dispose()
+    assert tables, "no table found: the check would prove nothing"
+    return b"\n".join(rows)
 
 
 async def test_individual_numbers_are_stored_only_sealed(
@@ -112,7 +130,7 @@ async def test_individual_numbers_are_stored_only_sealed(
     stub = await connect(f"bs.{ORG}.kokuho")
     for i, number in enumerate(numbers):
         await _register(stub, f"K-{i}", number)
-    raw = _every_stored_byte(Path(database_url.removeprefix("sqlite+pysqlite:///")))
+    raw = _every_stored_byte(database_url)
     assert all(number.encode() not in raw for number in numbers)
     key_file = tmp_path / "data" / f"ua.{ORG}.datakey"
     assert key_file.stat().st_mode & 0o077 == 0
