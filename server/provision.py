@@ -16,10 +16,12 @@ nonce be used twice, send a value in clear, or import grpc.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
+from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -130,7 +132,8 @@ class Provider:
         key = await verify_requester_key(self._directory, batch.requester_key, now)
         tenant = self._provider_tenant(batch)
         sealer = crypto.BatchSealer(key.public_key)
-        verdicts = [self._precheck(tenant, key, permit, now) for permit in batch.permits]
+        memo: dict[Any, tuple[Status, str]] = {}
+        verdicts = [self._precheck(tenant, key, permit, now, memo) for permit in batch.permits]
         verdicts = await asyncio.to_thread(self._decide_and_commit, tenant, key, verdicts, now)
         return self._answer(tenant, key, sealer, verdicts, now)
 
@@ -158,13 +161,23 @@ class Provider:
         return self._tenants.get(providers.pop())
 
     def _precheck(
-        self, tenant: Tenant, key: RequesterKeyInfo, permit: payloads_pb2.Permit, now: datetime
+        self,
+        tenant: Tenant,
+        key: RequesterKeyInfo,
+        permit: payloads_pb2.Permit,
+        now: datetime,
+        memo: dict[Any, tuple[Status, str]] | None = None,
     ) -> Verdict:
-        """The checks that need no database, in the order of the wire contract."""
+        """The checks that need no database, in the order of the wire contract.
+
+        ``memo`` (one per batch) keeps the own permission check of each distinct
+        (capacities, procedure, items, date): a batch repeats a handful of them.
+        """
         verdict = Verdict(permit)
         failed = common_pb2.QUERY_STATUS_FAILED
-        on = parse_iso_date(permit.on_date)
-        items = list(permit.data_items)
+        on = _iso_date(permit.on_date)
+        items = tuple(permit.data_items)
+        requester = permit.requester
         if (
             not permit.permit_id
             or not permit.query_id
@@ -175,9 +188,9 @@ class Provider:
             or not permit.HasField("expires_at")
         ):
             verdict.decide(failed, "PERMIT_MALFORMED")
-        elif permit.requester != key.organization:
+        elif requester != key.organization:
             verdict.decide(failed, "REQUESTER_KEY_MISMATCH")
-        elif permit.route != permit.requester:
+        elif permit.route != requester:
             # The answer goes back along the route: it must lead to the requester.
             verdict.decide(failed, "ROUTE_MISMATCH")
         elif _expired(permit.expires_at, now):
@@ -186,7 +199,20 @@ class Provider:
             verdict.decide(failed, "UNKNOWN_PERMISSION_LIST_VERSION")
         else:
             verdict.on_date = on
-            self._own_permission_check(tenant, verdict, on)
+            group = (
+                permit.requester_capacity,
+                permit.procedure,
+                permit.provider_capacity,
+                items,
+                on,
+            )
+            decided = None if memo is None else memo.get(group)
+            if decided is None:
+                self._own_permission_check(tenant, verdict, on)
+                if memo is not None:
+                    memo[group] = (verdict.status, verdict.reason)
+            elif decided[0] != PENDING:
+                verdict.decide(*decided)
         return verdict
 
     def _own_permission_check(self, tenant: Tenant, verdict: Verdict, on: date) -> None:
@@ -390,6 +416,12 @@ def sign_answers(
         answered_at=timestamp(now),
     )
     return tenant.signer.sign(batch.SerializeToString())
+
+
+@functools.lru_cache(maxsize=1024)
+def _iso_date(text: str) -> date | None:
+    """``parse_iso_date``, once per distinct text (a batch shares a handful of dates)."""
+    return parse_iso_date(text)
 
 
 def _expired(stamp: Timestamp, now: datetime) -> bool:

@@ -15,6 +15,7 @@ let a transport error escape as anything but a ``LinkageError``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -72,6 +73,39 @@ def _spec(query: QueryRequest) -> intermediate_server_pb2.QuerySpec:
         on_date=query.on_date,
         business_system=query.business_system,
     )
+
+
+_MAX_TEMPLATES = 1024
+
+
+def _fill_spec(
+    spec: intermediate_server_pb2.QuerySpec,
+    query: QueryRequest,
+    shared: dict[tuple[str, str, str, tuple[str, ...], str, str], Any],
+) -> None:
+    """``_spec`` into an empty ``spec``: the fields queries of a stream have in common are
+    copied from a template (one copy beats setting them one by one), then the query's own."""
+    group = (
+        query.requester_capacity,
+        query.procedure,
+        query.provider,
+        query.data_items,
+        query.on_date,
+        query.business_system,
+    )
+    template = shared.get(group)
+    if template is None:
+        template = shared[group] = intermediate_server_pb2.QuerySpec(
+            requester_capacity=query.requester_capacity,
+            procedure=query.procedure,
+            provider=query.provider,
+            data_items=query.data_items,
+            on_date=query.on_date,
+            business_system=query.business_system,
+        )
+    spec.CopyFrom(template)
+    spec.query_id = query.query_id
+    spec.unified_number = query.unified_number
 
 
 class GrpcRegistry:
@@ -152,10 +186,16 @@ class GrpcIntermediateServer:
         ``deadline`` (seconds) is given, say the business system's own."""
 
         async def requests() -> AsyncIterator[intermediate_server_pb2.StreamQueriesRequest]:
+            # Templates of the fields the stream's queries share (see ``_fill_spec``).
+            shared: dict[tuple[str, str, str, tuple[str, ...], str, str], Any] = {}
             async for batch in batches:
-                yield intermediate_server_pb2.StreamQueriesRequest(
-                    parent=self._parent, queries=[_spec(query) for query in batch]
-                )
+                request = intermediate_server_pb2.StreamQueriesRequest(parent=self._parent)
+                add = request.queries.add
+                if len(shared) > _MAX_TEMPLATES:
+                    shared.clear()
+                for query in batch:
+                    _fill_spec(add(), query, shared)
+                yield request
 
         call = self._stub.StreamQueries(requests(), timeout=deadline)
         try:

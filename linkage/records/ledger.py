@@ -237,9 +237,14 @@ def _chain(seq: int, prev: bytes, records: Sequence[AccessRecord]) -> list[tuple
     sha256 = hashlib.sha256
     rows: list[tuple[Any, ...]] = []
     append = rows.append
+    # The records of one append usually share one time object: convert it once.
+    last_at: datetime | None = None
+    occurred_us = 0
     for record in records:
         seq += 1
-        ledger, occurred_us = record.ledger, (record.occurred_at - _EPOCH) // _MICROSECOND
+        ledger, at = record.ledger, record.occurred_at
+        if at is not last_at:
+            last_at, occurred_us = at, (at - _EPOCH) // _MICROSECOND
         # ``_value_`` is the plain str behind a StrEnum member: what the drivers should get.
         event, kind, outcome = (
             record.event._value_,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -173,32 +172,75 @@ class PermitIssuer:
         now: datetime,
     ) -> list[Verdict]:
         """One outcome per query, in order. ``person_keys`` maps the requester's codes."""
-        grants: dict[tuple[str, str, tuple[str, ...], date], tuple[str | None, str]] = {}
+        grants: dict[tuple[str, str, tuple[str, ...], date], _Grant] = {}
         verdicts: list[Verdict] = []
+        append = verdicts.append
         expires_at = now + self._ttl
         # Two Timestamps per batch, copied into every permit: cheaper than converting per permit.
         stamps = (_timestamp(now), _timestamp(expires_at))
+        # The randomness of every permit (a 16-byte id and a 16-byte nonce) in one draw from
+        # the operating system's CSPRNG: the same source as ``secrets``, one call per batch.
+        entropy = os.urandom(2 * NONCE_BYTES * len(queries))
+        offset = 0
+        linkage_code = self._deriver.linkage_code
+        new_permit = payloads_pb2.Permit
         for query in queries:
             provider = providers.get(query.provider)
             if provider is None:
-                verdicts.append(Verdict(query, FAILED, PROVIDER_NOT_FOUND))
+                append(Verdict(query, FAILED, PROVIDER_NOT_FOUND))
                 continue
             key = (query.procedure, query.provider, query.data_items, query.on_date)
-            if key not in grants:
-                grants[key] = self._grant(requester_capacity, query, provider)
-            capacity, reason = grants[key]
-            if capacity is None:
-                verdicts.append(Verdict(query, DENIED, reason))
+            grant = grants.get(key)
+            if grant is None:
+                grant = grants[key] = self._grant_of(
+                    requester, requester_capacity, query, provider, stamps
+                )
+            if grant.template is None:
+                append(Verdict(query, DENIED, grant.reason))
                 continue
             person_key = person_keys.get(query.linkage_code)
             if person_key is None:
-                verdicts.append(Verdict(query, FAILED, UNKNOWN_LINKAGE_CODE))
+                append(Verdict(query, FAILED, UNKNOWN_LINKAGE_CODE))
                 continue
-            permit = self._permit(
-                requester, requester_capacity, capacity, query, person_key, stamps
-            )
-            verdicts.append(Verdict(query, IN_FLIGHT, "", permit, expires_at))
+            # Every field the (requester, provider, procedure, items, date) group shares comes
+            # from one template; only the id, query, code and nonce are the permit's own.
+            permit = new_permit()
+            permit.CopyFrom(grant.template)
+            permit.permit_id = entropy[offset : offset + NONCE_BYTES].hex()
+            permit.nonce = entropy[offset + NONCE_BYTES : offset + 2 * NONCE_BYTES]
+            offset += 2 * NONCE_BYTES
+            permit.query_id = query.query_id
+            permit.provider_linkage_code = linkage_code(person_key, query.provider)
+            append(Verdict(query, IN_FLIGHT, "", permit, expires_at))
         return verdicts
+
+    def _grant_of(
+        self,
+        requester: str,
+        requester_capacity: str,
+        query: QueryRequest,
+        provider: OrgEntry,
+        stamps: tuple[Timestamp, Timestamp],
+    ) -> _Grant:
+        """The decision for one (procedure, provider, items, date) and, when allowed, the
+        permit fields every query of that group shares."""
+        capacity, reason = self._grant(requester_capacity, query, provider)
+        if capacity is None:
+            return _Grant(None, reason)
+        template = payloads_pb2.Permit(
+            requester=requester,
+            requester_capacity=requester_capacity,
+            provider=query.provider,
+            provider_capacity=capacity,
+            procedure=query.procedure,
+            data_items=query.data_items,
+            on_date=query.on_date.isoformat(),
+            permission_list_version=self._checker.version,
+            route=requester,
+            issued_at=stamps[0],
+            expires_at=stamps[1],
+        )
+        return _Grant(template, "")
 
     def _grant(
         self, requester_capacity: str, query: QueryRequest, provider: OrgEntry
@@ -221,32 +263,13 @@ class PermitIssuer:
                 best_reason, best_rank = denial, rank
         return None, best_reason
 
-    def _permit(
-        self,
-        requester: str,
-        requester_capacity: str,
-        provider_capacity: str,
-        query: QueryRequest,
-        person_key: bytes,
-        stamps: tuple[Timestamp, Timestamp],
-    ) -> payloads_pb2.Permit:
-        return payloads_pb2.Permit(
-            permit_id=secrets.token_hex(16),
-            query_id=query.query_id,
-            requester=requester,
-            requester_capacity=requester_capacity,
-            provider=query.provider,
-            provider_capacity=provider_capacity,
-            procedure=query.procedure,
-            data_items=query.data_items,
-            provider_linkage_code=self._deriver.linkage_code(person_key, query.provider),
-            on_date=query.on_date.isoformat(),
-            nonce=os.urandom(NONCE_BYTES),
-            permission_list_version=self._checker.version,
-            route=requester,
-            issued_at=stamps[0],
-            expires_at=stamps[1],
-        )
+
+@dataclass(frozen=True, slots=True)
+class _Grant:
+    """One group's decision: the permit template when allowed, else the denial reason."""
+
+    template: payloads_pb2.Permit | None
+    reason: str
 
 
 def _timestamp(moment: datetime) -> Timestamp:

@@ -231,10 +231,10 @@ class QueryDesk:
                     repository.set_answer_batch(session, result.permit_ids, stored_id, now)
                 else:
                     repository.fail_permits(session, result.permit_ids, FAILED, result.failure, now)
-                for permit_id in result.permit_ids:
-                    records.extend(
-                        _route_records(request.requester, by_permit[permit_id], result, now)
-                    )
+                records.extend(
+                    _route_record(request.requester, by_permit[permit_id], result, now)
+                    for permit_id in result.permit_ids
+                )
             self._records.append_many(session, ledger.LEDGER_ID, records)
         failed = [r for r in results if r.answer_batch is None]
         if failed:
@@ -333,35 +333,25 @@ class QueryDesk:
 # --- helpers: pure functions over the phases' data ----------------------------------------------
 
 
-def _row(request: BatchRequest, decided: Verdict, now: datetime) -> dict[str, Any]:
+def _row(request: BatchRequest, decided: Verdict, now: datetime) -> tuple[Any, ...]:
+    """The permits row of one decision, in ``repository.PERMIT_COLUMNS`` order."""
     query, permit = decided.query, decided.permit
-    return {
-        "requester": request.requester,
-        "query_id": query.query_id,
-        "request_digest": query.digest(),
-        "permit_id": permit.permit_id if permit is not None else None,
-        "provider": query.provider,
-        "procedure": query.procedure,
-        "data_items": list(query.data_items),
-        "provider_linkage_code": permit.provider_linkage_code if permit is not None else "",
-        "status": decided.status,
-        "reason": decided.reason,
-        "expires_at": decided.expires_at,
-        "answer_batch_id": None,
-        "late_answer_batch_id": None,
-        "created_at": now,
-        "updated_at": now,
-    }
-
-
-def _facts_of(requester: str, query: QueryRequest, permit_id: str = "") -> ledger.QueryFacts:
-    return ledger.QueryFacts(
-        requester=requester,
-        provider=query.provider,
-        procedure=query.procedure,
-        data_items=query.data_items,
-        query_id=query.query_id,
-        permit_id=permit_id,
+    return (
+        request.requester,
+        query.query_id,
+        query.digest(),
+        permit.permit_id if permit is not None else None,
+        query.provider,
+        query.procedure,
+        query.data_items,
+        permit.provider_linkage_code if permit is not None else "",
+        decided.status,
+        decided.reason,
+        decided.expires_at,
+        None,
+        None,
+        now,
+        now,
     )
 
 
@@ -381,36 +371,64 @@ def _admission_records(
 ) -> list[AccessRecord]:
     """Per new query: the request (by the requester), then the network's decision."""
     records: list[AccessRecord] = []
+    append = records.append
+    requester = request.requester
+    record = ledger.query_record
     for d in decided:
         query = d.query
-        facts = _facts_of(request.requester, query)
-        records.append(
-            ledger.by_organization(
+        provider, procedure, items, query_id = (
+            query.provider,
+            query.procedure,
+            query.data_items,
+            query.query_id,
+        )
+        append(
+            record(
                 RecordEvent.QUERY_REQUESTED,
-                facts,
-                actor=request.requester,
+                by_network=False,
+                actor=requester,
+                requester=requester,
+                provider=provider,
+                procedure=procedure,
+                data_items=items,
+                query_id=query_id,
+                permit_id="",
                 subject=query.linkage_code,
                 outcome=Outcome.OK,
                 at=now,
             )
         )
-        if d.permit is not None:
-            permitted = _facts_of(request.requester, query, d.permit.permit_id)
-            records.append(
-                ledger.by_network(
+        permit = d.permit
+        if permit is not None:
+            append(
+                record(
                     RecordEvent.PERMIT_ISSUED,
-                    permitted,
-                    subject=d.permit.provider_linkage_code,
+                    by_network=True,
+                    actor="",
+                    requester=requester,
+                    provider=provider,
+                    procedure=procedure,
+                    data_items=items,
+                    query_id=query_id,
+                    permit_id=permit.permit_id,
+                    subject=permit.provider_linkage_code,
                     outcome=Outcome.OK,
                     at=now,
                 )
             )
         else:
             denied = d.status == DENIED
-            records.append(
-                ledger.by_network(
+            append(
+                record(
                     RecordEvent.QUERY_DENIED if denied else RecordEvent.FAILED,
-                    facts,
+                    by_network=True,
+                    actor="",
+                    requester=requester,
+                    provider=provider,
+                    procedure=procedure,
+                    data_items=items,
+                    query_id=query_id,
+                    permit_id="",
                     subject=query.linkage_code,  # before translation: the requester's code
                     outcome=Outcome.DENIED if denied else Outcome.FAILED,
                     at=now,
@@ -420,30 +438,31 @@ def _admission_records(
     return records
 
 
-def _route_records(
+def _route_record(
     requester: str, decided: Verdict, result: RouteResult, now: datetime
-) -> list[AccessRecord]:
-    assert decided.permit is not None
-    facts = _facts_of(requester, decided.query, decided.permit.permit_id)
-    subject = decided.permit.provider_linkage_code
-    if result.answer_batch is None:
-        return [
-            ledger.by_network(
-                RecordEvent.FAILED,
-                facts,
-                subject=subject,
-                outcome=Outcome.FAILED,
-                at=now,
-                reason=result.failure,
-            )
-        ]
-    # One record for the round trip: sent to the provider, its sealed answer batch received
-    # and passed back to the requester in the same call.
-    return [
-        ledger.by_network(
-            RecordEvent.QUERY_ROUTED, facts, subject=subject, outcome=Outcome.OK, at=now
-        )
-    ]
+) -> AccessRecord:
+    """The network's record of routing one permit: ``QUERY_ROUTED`` for the round trip (sent to
+    the provider, its sealed answer batch received and passed back in the same call), or
+    ``FAILED`` with the routing failure."""
+    permit = decided.permit
+    assert permit is not None
+    query = decided.query
+    ok = result.answer_batch is not None
+    return ledger.query_record(
+        RecordEvent.QUERY_ROUTED if ok else RecordEvent.FAILED,
+        by_network=True,
+        actor="",
+        requester=requester,
+        provider=query.provider,
+        procedure=query.procedure,
+        data_items=query.data_items,
+        query_id=query.query_id,
+        permit_id=permit.permit_id,
+        subject=permit.provider_linkage_code,
+        outcome=Outcome.OK if ok else Outcome.FAILED,
+        at=now,
+        reason="" if ok else result.failure,
+    )
 
 
 def _repeat(stored: Permit, query: QueryRequest) -> Disposition:

@@ -280,9 +280,10 @@ PERMIT_COLUMNS = (
 )
 
 
-def insert_permits(session: Session, rows: list[dict[str, Any]]) -> None:
+def insert_permits(session: Session, rows: list[tuple[Any, ...]]) -> None:
     """Bulk insert (one executemany at the driver); a (requester, query_id) already taken
-    raises IntegrityError. Rows are dicts with the ``PERMIT_COLUMNS``."""
+    raises IntegrityError. Rows are tuples in ``PERMIT_COLUMNS`` order (``data_items`` a
+    tuple or list of str)."""
     if not rows:
         return
     conn = session.connection()
@@ -293,24 +294,30 @@ def insert_permits(session: Session, rows: list[dict[str, Any]]) -> None:
         ", ".join(quote(name) for name in PERMIT_COLUMNS),
         ", ".join(marker for _ in PERMIT_COLUMNS),
     )
-    processors = [_processor(PERMITS, name, dialect) for name in PERMIT_COLUMNS]
-    memo: list[dict[Any, Any]] = [{} for _ in PERMIT_COLUMNS]
+    # Only the columns with a bind processor are touched, each distinct value processed once
+    # (a batch shares its item lists and its three times).
+    processed = [
+        (index, processor, dict[Any, Any]())
+        for index, name in enumerate(PERMIT_COLUMNS)
+        if (processor := _processor(PERMITS, name, dialect)) is not None
+    ]
     prepared: list[tuple[Any, ...]] = []
+    append = prepared.append
     for row in rows:
-        values = []
-        for index, name in enumerate(PERMIT_COLUMNS):
-            value = row[name]
-            processor = processors[index]
-            if processor is not None and value is not None:
-                key = tuple(value) if isinstance(value, list) else value
-                cached = memo[index]
-                if key in cached:
-                    value = cached[key]
-                else:
-                    value = cached[key] = processor(value)
-            values.append(value)
-        prepared.append(tuple(values))
+        values = list(row)
+        for index, processor, memo in processed:
+            value = values[index]
+            if value is not None:
+                key = tuple(value) if type(value) is list else value
+                found = memo.get(key, _MISSING)
+                if found is _MISSING:
+                    found = memo[key] = processor(value)
+                values[index] = found
+        append(tuple(values))
     conn.exec_driver_sql(sql, prepared)
+
+
+_MISSING: Any = object()
 
 
 def add_answer_batch(
