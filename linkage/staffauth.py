@@ -12,7 +12,7 @@ Owns, for the intermediate server (``server.staff``) and the unified address ser
 * ``PasswordHasher``: hashing and checking off the event loop, a bounded number at once, with a
   dummy hash of the same cost for unknown user names (same work, same timing);
 * user names: the syntax, and the rule that an account names one person, never a post or a
-  group (no shared accounts);
+  group (no shared accounts); the shape check of sign-in credentials (before any lookup);
 * session tokens: opaque random strings of which a database keeps only the sha256;
 * reading an initial password from standard input for an operator command.
 
@@ -36,6 +36,8 @@ import secrets
 import unicodedata
 from dataclasses import dataclass
 from typing import TextIO
+
+from linkage.errors import FieldViolation, InvalidArgument
 
 SCHEME = "scrypt"
 SALT_BYTES = 16
@@ -234,7 +236,25 @@ def personal_username_problem(username: str, organization: str) -> str | None:
     return None
 
 
+def check_credentials_shape(username: str, password: str) -> None:
+    """INVALID_ARGUMENT (INVALID_CREDENTIALS_FORMAT) unless the user name has the syntax and the
+    password is 1 to ``MAX_LENGTH`` characters: checked before any lookup or hashing."""
+    violations: list[FieldViolation] = []
+    problem = username_problem(username)
+    if problem is not None:
+        violations.append(FieldViolation("username", problem))
+    if not password or len(password) > MAX_LENGTH:
+        violations.append(FieldViolation("password", f"1 to {MAX_LENGTH} characters"))
+    if violations:
+        raise InvalidArgument(
+            "INVALID_CREDENTIALS_FORMAT",
+            f"{violations[0].field}: {violations[0].description}",
+            violations=violations,
+        )
+
+
 # --- session tokens -----------------------------------------------------------------------------
+
 
 MAX_TOKEN = 256
 

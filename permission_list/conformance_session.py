@@ -15,7 +15,7 @@ else (no back door, so any implementation can be judged):
 * the probes as ``SubmitQueries`` batches (one requester organization and capacity per batch,
   at most ``batch_size`` queries), a few batches at a time.
 
-Calls are retried on RESOURCE_EXHAUSTED (after the server's ``retry_after_ms``) and briefly on
+Calls are retried on RESOURCE_EXHAUSTED (after the server's ``retryAfterMs``) and briefly on
 UNAVAILABLE; ``SubmitQueries`` is idempotent by query id, so a retry never asks twice.
 Must never: touch the target other than through its gRPC contract, or keep the keys it made.
 """
@@ -191,7 +191,7 @@ async def call(
 
 
 def _retry_after(error: grpc.aio.AioRpcError) -> float:
-    text = remote_error(error).metadata.get("retry_after_ms", "")
+    text = remote_error(error).metadata.get("retryAfterMs", "")
     millis = int(text) if text.isdigit() else 200
     return min(max(millis, 10) / 1000, _MAX_BACKOFF)
 

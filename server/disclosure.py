@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from linkage.errors import FieldViolation, InvalidArgument, LinkageError
 from linkage.logs import get_logger
-from linkage.records.disclosure import StoredRecord, disclose
+from linkage.records.disclosure import NETWORK_PLACE, StoredRecord, disclose, placed_order
 from linkage.records.model import ActorKind
 from linkage.v1 import common_pb2, network_pb2
 from server import repository as repo
@@ -42,7 +42,6 @@ from server.records import ledger_of
 
 log = get_logger(__name__)
 
-NETWORK_PLACE = "network"
 NO_LINKAGE_CODE = "NO_LINKAGE_CODE"
 NETWORK_NOT_CONFIGURED = "NETWORK_NOT_CONFIGURED"
 DEFAULT_TIMEOUT = 10.0
@@ -154,11 +153,6 @@ class PersonRecords:
     unanswered: list[network_pb2.UnansweredPlace]
 
 
-def _order(placed: network_pb2.PlacedAccessRecord) -> tuple[int, int, str]:
-    stamp = placed.record.occurred_at
-    return (stamp.seconds, stamp.nanos, placed.place)
-
-
 class PersonDisclosure:
     """The person-level disclosure a tenant's caller asks for."""
 
@@ -195,5 +189,5 @@ class PersonDisclosure:
                 # The network never speaks for this tenant: its own ledger was read just now.
                 records += [from_elsewhere(p) for p in collected.records if p.place != tenant]
                 unanswered += list(collected.unanswered)
-        records.sort(key=_order)
+        records.sort(key=placed_order)
         return PersonRecords(records, unanswered)

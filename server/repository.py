@@ -20,10 +20,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import (
-    LargeBinary,
     Table,
     and_,
     bindparam,
@@ -37,7 +36,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
+from linkage import sqlfast
 from linkage.db import unit_of_work
+from linkage.sqlfast import CHUNK, chunks
 from server.models import (
     AutoResponseFlagRow,
     DuplicateRow,
@@ -48,9 +49,6 @@ from server.models import (
     QueryKeyRow,
     QueryRow,
 )
-
-CHUNK = 500  # bound on IN-list size: SQLite's parameter limit and planner sanity
-T = TypeVar("T")
 
 CODES: Table = LinkageCodeRow.__table__  # type: ignore[assignment]
 DUPLICATES: Table = DuplicateRow.__table__  # type: ignore[assignment]
@@ -92,11 +90,6 @@ def platform_unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
-def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _select_in(
     session: Session,
     table: Table,
@@ -107,44 +100,11 @@ def _select_in(
     extra: str = "",
 ) -> list[Any]:
     """``SELECT columns FROM table WHERE tenant = ? AND in_column IN (…)`` (plus ``extra``, a
-    condition on our own columns with no parameter), in chunks, at the driver.
-
-    On the hot path of every query: building, coercing and compiling a Core statement costs
-    more than the statement itself on SQLite. Identifiers come from our schema, values go as
-    parameters, and each column's result processor (dates on SQLite) is applied here.
-    """
-    connection = session.connection()
-    dialect = connection.dialect
-    quote = dialect.identifier_preparer.quote
-    marker = "?" if dialect.paramstyle == "qmark" else "%s"
-    head = "SELECT {} FROM {} WHERE {} = {} AND {}".format(  # noqa: S608 (our identifiers)
-        ", ".join(quote(c) for c in columns),
-        dialect.identifier_preparer.format_table(table),
-        quote("tenant"),
-        marker,
-        extra,
+    condition on our own columns with no parameter), in chunks, at the driver: on the hot path
+    of every query (see ``linkage.sqlfast``, which flushes the session first)."""
+    return sqlfast.select_in(
+        session, table, columns, (("tenant", tenant),), in_column, values, extra=extra, chunk=CHUNK
     )
-    processors = [
-        None
-        if isinstance(table.c[name].type, LargeBinary)
-        else table.c[name].type._cached_result_processor(dialect, None)
-        for name in columns
-    ]
-    convert = any(processor is not None for processor in processors)
-    rows: list[Any] = []
-    for part in chunks(values):
-        sql = f"{head}{quote(in_column)} IN ({', '.join(marker for _ in part)})"
-        found: list[Any] = list(connection.exec_driver_sql(sql, (tenant, *part)))
-        if convert:
-            found = [
-                tuple(
-                    value if processor is None else processor(value)
-                    for processor, value in zip(processors, row, strict=True)
-                )
-                for row in found
-            ]
-        rows.extend(found)
-    return rows
 
 
 # --- linkage codes ---------------------------------------------------------------------------
@@ -291,17 +251,11 @@ def bulk_insert(
     """
     if not rows:
         return
-    connection = session.connection()
+    connection = sqlfast.connection(session)
     dialect = connection.dialect
     constants = constants or {}
     names = [*columns, *constants]
-    # Bytes go to every driver as they are: skip the binary wrapper, the costliest no-op.
-    processors = [
-        None
-        if isinstance(table.c[name].type, LargeBinary)
-        else table.c[name].type._cached_bind_processor(dialect)
-        for name in columns
-    ]
+    processors = [sqlfast.bind_processor(table, name, dialect) for name in columns]
     fixed = [
         processor(value)
         if (processor := table.c[name].type._cached_bind_processor(dialect))
@@ -312,13 +266,7 @@ def bulk_insert(
     for index, processor in enumerate(processors):
         if processor is not None:
             _process_column(prepared, index, processor)
-    marker = "?" if dialect.paramstyle == "qmark" else "%s"
-    preparer = dialect.identifier_preparer
-    sql = "INSERT INTO {} ({}) VALUES ({})".format(  # noqa: S608 (identifiers from our schema)
-        preparer.format_table(table),
-        ", ".join(preparer.quote(name) for name in names),
-        ", ".join(marker for _ in names),
-    )
+    sql = sqlfast.insert_sql(dialect, table, names)
     connection.exec_driver_sql(sql, [tuple(row) for row in prepared])
 
 

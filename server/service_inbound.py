@@ -11,11 +11,11 @@ Must never: accept a call from anyone but the network, or hold business logic.
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from linkage.codes import LINKAGE_CODE_RE
 from linkage.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied
 from linkage.rpc import require_caller
 from linkage.v1 import inbound_pb2, inbound_pb2_grpc
@@ -25,7 +25,6 @@ from server.queries import Requester
 from server.tenancy import Tenants, valid_code
 
 NETWORK_IDENTITY = "network"
-_LINKAGE_CODE_RE = re.compile(r"[A-Z2-7]{20}")
 
 
 def _require_network() -> None:
@@ -70,7 +69,7 @@ class InboundServicer(inbound_pb2_grpc.InboundServiceServicer):
         violations = []
         if not valid_code(request.organization):
             violations.append(FieldViolation("organization", "must be an organization code"))
-        if not _LINKAGE_CODE_RE.fullmatch(request.linkage_code):
+        if not LINKAGE_CODE_RE.fullmatch(request.linkage_code):
             violations.append(FieldViolation("linkage_code", "must be a 20-character code"))
         if violations:
             raise InvalidArgument(

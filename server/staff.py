@@ -42,13 +42,13 @@ from linkage.staffauth import (
     MAX_TOKEN,
     PasswordHasher,
     ScryptParams,
+    check_credentials_shape,
     hash_password,
     needs_rehash,
     new_session_token,
     password_problem,
     personal_username_problem,
     token_digest,
-    username_problem,
 )
 from server import repository as repo
 from server import staff_store as store
@@ -332,7 +332,7 @@ class Staff:
         row (which serializes concurrent attempts on the user name): once the limit is reached
         no further guess is evaluated, however many arrive at once. A match issues a session
         only if the user name is still not locked when the result is written."""
-        _check_credentials_shape(username, password)
+        check_credentials_shape(username, password)
         stored = await asyncio.to_thread(self._begin_attempt, tenant, username)
         matched = await self._hasher.check(password, stored)
         rehash = None
@@ -649,20 +649,5 @@ def _locked(until: datetime, now: datetime) -> ResourceExhausted:
     return ResourceExhausted(
         "SIGN_IN_LOCKED",
         "too many failed sign-ins; try again later",
-        metadata={"retry_after_seconds": str(seconds)},
+        metadata={"retryAfterSeconds": str(seconds)},
     )
-
-
-def _check_credentials_shape(username: str, password: str) -> None:
-    violations: list[FieldViolation] = []
-    problem = username_problem(username)
-    if problem is not None:
-        violations.append(FieldViolation("username", problem))
-    if not password or len(password) > MAX_LENGTH:
-        violations.append(FieldViolation("password", f"1 to {MAX_LENGTH} characters"))
-    if violations:
-        raise InvalidArgument(
-            "INVALID_CREDENTIALS_FORMAT",
-            f"{violations[0].field}: {violations[0].description}",
-            violations=violations,
-        )

@@ -11,15 +11,15 @@ given sealed tokens and blind indexes only).
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from sqlalchemy import ColumnElement, Dialect, Table, and_, bindparam, insert, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
+from linkage import sqlfast
 from unified_address.models import CodeState, LinkChange, Person, PersonLink, RelayedQuery
 
 __all__ = ["Repository"]
@@ -256,9 +256,10 @@ class Repository:
         SQLAlchemy's default serializer writes, which both backends cast to JSON)."""
         if not rows:
             return
-        connection = self.session.connection()
+        connection = sqlfast.connection(self.session)
         dialect = connection.dialect
-        at = _bound(_QUERIES.c.submitted_at, dialect, submitted_at)
+        stamp = sqlfast.bind_processor(_QUERIES, "submitted_at", dialect)
+        at = submitted_at if stamp is None else stamp(submitted_at)
         items: dict[tuple[str, ...], str] = {}
         params = []
         for query_id, unified_number, procedure, provider, data_items in rows:
@@ -266,11 +267,8 @@ class Repository:
             if stored is None:
                 stored = items[data_items] = json.dumps(list(data_items))
             params.append((system, query_id, unified_number, procedure, provider, stored, at))
-        sql, positional = _insert_sql(dialect)
-        keyed = (
-            params if positional else [dict(zip(_RELAYED_COLUMNS, p, strict=True)) for p in params]
-        )
-        connection.exec_driver_sql(sql, keyed)
+        sql, positions = sqlfast.compiled_insert(_QUERIES, _RELAYED_COLUMNS, dialect)
+        connection.exec_driver_sql(sql, sqlfast.driver_rows(_RELAYED_COLUMNS, positions, params))
 
 
 _RELAYED_COLUMNS = (
@@ -282,22 +280,6 @@ _RELAYED_COLUMNS = (
     "data_items",
     "submitted_at",
 )
-
-
-def _bound(column: ColumnElement[Any], dialect: Dialect, value: object) -> object:
-    """``value`` as the driver receives it for ``column`` (the type's bind processing)."""
-    processor = column.type.bind_processor(dialect)
-    return value if processor is None else processor(value)
-
-
-@functools.cache
-def _insert_sql(dialect: Dialect) -> tuple[str, bool]:
-    """The INSERT of relayed queries compiled for ``dialect``, and whether it is positional
-    (then in ``_RELAYED_COLUMNS`` order)."""
-    compiled = insert(_QUERIES).compile(dialect=dialect, column_keys=list(_RELAYED_COLUMNS))
-    if compiled.positional and list(compiled.positiontup or ()) != list(_RELAYED_COLUMNS):
-        raise RuntimeError("unexpected parameter order in the compiled insert")
-    return str(compiled), compiled.positional
 
 
 def _retryable(stale_before: datetime) -> tuple[ColumnElement[bool], ...]:

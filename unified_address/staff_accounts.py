@@ -57,13 +57,13 @@ from linkage.staffauth import (
     MAX_TOKEN,
     PasswordHasher,
     ScryptParams,
+    check_credentials_shape,
     hash_password,
     needs_rehash,
     new_session_token,
     password_problem,
     personal_username_problem,
     token_digest,
-    username_problem,
 )
 from unified_address.audit import Actor, Audit
 from unified_address.models import StaffAccount, StaffSession, StaffSignInFailure
@@ -365,7 +365,7 @@ class StaffAccounts:
         row (which serializes concurrent attempts on the user name): once the limit is reached
         no further guess is evaluated, however many arrive at once. A match issues a session
         only if the user name is still not locked when the result is written."""
-        _check_credentials_shape(username, password)
+        check_credentials_shape(username, password)
         stored = await self._run(lambda s: self._begin_attempt(s, username, SIGN_IN))
         if isinstance(stored, LinkageError):
             raise stored
@@ -737,18 +737,3 @@ class StaffAccounts:
             return [(r.username, _roles_of(r.roles), r.must_change_password) for r in rows]
 
         return self._transaction(read)
-
-
-def _check_credentials_shape(username: str, password: str) -> None:
-    violations: list[FieldViolation] = []
-    problem = username_problem(username)
-    if problem is not None:
-        violations.append(FieldViolation("username", problem))
-    if not password or len(password) > MAX_LENGTH:
-        violations.append(FieldViolation("password", f"1 to {MAX_LENGTH} characters"))
-    if violations:
-        raise InvalidArgument(
-            "INVALID_CREDENTIALS_FORMAT",
-            f"{violations[0].field}: {violations[0].description}",
-            violations=violations,
-        )

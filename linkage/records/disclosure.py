@@ -3,7 +3,8 @@
 Owns ``disclose`` (the records about a person, by the subject ids they are known by in this
 database: who looked at their data, when, for what) and ``export_jsonl`` (one ledger with its
 checkpoints, anchors and head as JSON lines, FORMAT.md §8, for ``verify_jsonl`` or any
-independent re-implementation).
+independent re-implementation); and, for the person-level disclosure that the network and the
+intermediate servers assemble alike, the network's place name and the order of placed records.
 
 It only ever reads, and never turns an individual number into a subject: callers pass unified
 numbers or linkage codes. The export copies columns verbatim (no validation, no repair), so a
@@ -16,7 +17,7 @@ import json
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -32,7 +33,37 @@ from linkage.records.model import (
 )
 from linkage.records.models import ANCHORS, CHECKPOINTS, RECORDS
 
-__all__ = ["StoredRecord", "disclose", "export_jsonl", "iso"]
+__all__ = ["NETWORK_PLACE", "StoredRecord", "disclose", "export_jsonl", "iso", "placed_order"]
+
+NETWORK_PLACE = "network"
+"""The place of the records the network keeps in a person-level disclosure (every other place
+is an organization code)."""
+
+
+class _Stamp(Protocol):
+    @property
+    def seconds(self) -> int: ...
+    @property
+    def nanos(self) -> int: ...
+
+
+class _Entry(Protocol):
+    @property
+    def occurred_at(self) -> _Stamp: ...
+
+
+class _Placed(Protocol):
+    @property
+    def place(self) -> str: ...
+    @property
+    def record(self) -> _Entry: ...
+
+
+def placed_order(placed: _Placed) -> tuple[int, int, str]:
+    """The sort key of a disclosed record and its place: oldest first, then by place."""
+    stamp = placed.record.occurred_at
+    return (stamp.seconds, stamp.nanos, placed.place)
+
 
 _SUBJECTS_PER_QUERY = 500
 """Subjects per IN (…) list: well under every database's bound-parameter limit."""

@@ -30,6 +30,7 @@ from sqlalchemy import Connection, Dialect, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from linkage import sqlfast
 from linkage.db import unit_of_work
 from linkage.records.model import (
     DATA_ITEM_SEPARATOR,
@@ -298,8 +299,6 @@ def _chain(seq: int, prev: bytes, records: Sequence[AccessRecord]) -> list[tuple
 # The f-string in ``_chain`` spells these out; a new format version must change both.
 assert (FORMAT_VERSION, FIELD_SEPARATOR, DATA_ITEM_SEPARATOR) == ("AR1", "\x1f", ",")
 
-_INSERT_SQL: dict[tuple[str, str], tuple[str, tuple[str, ...] | None]] = {}
-
 _COPY_SQL = f"COPY {RECORDS.name} ({', '.join(_COLUMNS)}) FROM STDIN"
 
 
@@ -310,28 +309,17 @@ def _insert_sql(dialect: Dialect) -> tuple[str, tuple[str, ...] | None]:
     processing costs about three times the insert itself (measured on SQLite), and every
     value here is already an int, str or bytes.
     """
-    key = (dialect.name, str(dialect.paramstyle))
-    if key not in _INSERT_SQL:
-        compiled = insert(RECORDS).compile(dialect=dialect, column_keys=list(_COLUMNS))
-        positions = compiled.positiontup
-        _INSERT_SQL[key] = (str(compiled), None if positions is None else tuple(positions))
-    return _INSERT_SQL[key]
+    return sqlfast.compiled_insert(RECORDS, _COLUMNS, dialect)
 
 
 def _insert_rows(session: Session, rows: list[tuple[Any, ...]]) -> None:
-    conn = session.connection()
+    conn = sqlfast.connection(session)
     dialect = conn.dialect
     if dialect.name == "postgresql" and dialect.driver == "psycopg":
         _copy_rows(conn.connection.driver_connection, rows)
         return
     sql, positions = _insert_sql(dialect)
-    if positions is None:
-        conn.exec_driver_sql(sql, [dict(zip(_COLUMNS, row, strict=True)) for row in rows])
-    elif positions == _COLUMNS:
-        conn.exec_driver_sql(sql, rows)
-    else:
-        order = [_COLUMNS.index(name) for name in positions]
-        conn.exec_driver_sql(sql, [tuple(row[i] for i in order) for row in rows])
+    conn.exec_driver_sql(sql, sqlfast.driver_rows(_COLUMNS, positions, rows))
 
 
 def _copy_rows(driver_connection: Any, rows: list[tuple[Any, ...]]) -> None:

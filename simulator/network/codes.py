@@ -27,15 +27,13 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from linkage.codes import CODE_CHARS
 from linkage.db import unit_of_work
 from linkage.errors import AlreadyExists, FailedPrecondition, NotFound
 from linkage.records.ledger import Ledger
 from simulator.network import ledger, repository
 from simulator.network.keystore import CodeSecrets
 
-CODE_CHARS = 20
-# base32 without padding: 20 characters carry 100 bits, enough that no two people collide.
-LINKAGE_CODE_RE = re.compile(r"[A-Z2-7]{20}")
 RESIDENT_CODE_RE = re.compile(r"[0-9]{11}")
 SERIAL_RE = re.compile(r"[A-Za-z0-9_-]{16,128}")
 

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from linkage.db import unit_of_work
 from linkage.errors import NotFound, remote_error
-from linkage.records.disclosure import StoredRecord, disclose
+from linkage.records.disclosure import NETWORK_PLACE, StoredRecord, disclose, placed_order
 from linkage.records.ledger import Ledger
 from linkage.records.model import AccessRecord, ActorKind, Outcome, RecordEvent, utc_now
 from linkage.rpc import Security
@@ -43,7 +43,6 @@ from simulator.network.codes import CodeDeriver
 from simulator.network.directory import Directory, OrgEntry
 from simulator.network.models import IssuedCode, Organization
 
-NETWORK_PLACE = "network"
 UNAVAILABLE = "ORGANIZATION_UNAVAILABLE"
 NOT_FOUND = "ORGANIZATION_NOT_FOUND"
 REFUSED = "ORGANIZATION_ERROR"
@@ -145,11 +144,6 @@ def holders(session: Session, codes: Mapping[str, str]) -> set[str]:
     return found
 
 
-def _order(placed: Placed) -> tuple[int, int, str]:
-    stamp = placed.record.occurred_at
-    return (stamp.seconds, stamp.nanos, placed.place)
-
-
 class PersonRecordsCollector:
     """Gathers a person's records from the network's ledger and the other organizations."""
 
@@ -214,7 +208,7 @@ class PersonRecordsCollector:
                 unanswered.append((org, answer))
             else:
                 records.extend(Placed(org, entry) for entry in answer)
-        records.sort(key=_order)
+        records.sort(key=placed_order)
         return Collected(records, unanswered)
 
     def _record(self, organization: str, code: str) -> None:

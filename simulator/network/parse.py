@@ -21,10 +21,11 @@ from datetime import UTC, date, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from linkage.codes import LINKAGE_CODE_RE
 from linkage.errors import FieldViolation, InvalidArgument, ResourceExhausted
 from linkage.v1 import common_pb2, network_pb2
 from permission_list.vocabulary import CAPACITIES
-from simulator.network.codes import LINKAGE_CODE_RE, RESIDENT_CODE_RE, SERIAL_RE
+from simulator.network.codes import RESIDENT_CODE_RE, SERIAL_RE
 from simulator.network.directory import OrgEntry, SigningKey
 from simulator.network.permits import QueryRequest
 from simulator.network.queries import BatchRequest
@@ -252,7 +253,7 @@ def submission(request: network_pb2.SubmitQueriesRequest) -> BatchRequest:
         raise ResourceExhausted(
             "BATCH_TOO_LARGE",
             f"a batch holds at most {MAX_QUERIES} queries, got {len(request.queries)}",
-            metadata={"max_queries": str(MAX_QUERIES)},
+            metadata={"maxQueries": str(MAX_QUERIES)},
         )
     problems = Violations()
     if not CAPACITY_RE.fullmatch(request.requester_capacity):

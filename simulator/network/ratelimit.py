@@ -34,7 +34,7 @@ class RateLimit:
 
 
 class RateLimited(ResourceExhausted):
-    """RATE_LIMITED, with ``retry_after_ms`` in the metadata; ``first`` is true for the first
+    """RATE_LIMITED, with ``retryAfterMs`` in the metadata; ``first`` is true for the first
     refusal of an episode (the caller was admitted since its previous refusal, or never refused).
     """
 
@@ -42,7 +42,7 @@ class RateLimited(ResourceExhausted):
         super().__init__(
             "RATE_LIMITED",
             "too many requests from this caller; retry later",
-            metadata={"retry_after_ms": str(max(1, round(wait_seconds * 1000)))},
+            metadata={"retryAfterMs": str(max(1, round(wait_seconds * 1000)))},
         )
         self.first = first
 

@@ -11,15 +11,16 @@ content (it is stored and returned as bytes).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import Connection, Insert, LargeBinary, Table, select, update
-from sqlalchemy.dialects import sqlite
+from sqlalchemy import Table, select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
+from linkage import sqlfast
+from linkage.sqlfast import chunks
 from simulator.network.models import (
     AnswerBatch,
     IssuedCode,
@@ -29,18 +30,8 @@ from simulator.network.models import (
     ProcessingSerial,
 )
 
-# Well under SQLite's bound-parameter limit, and a reasonable IN list for PostgreSQL.
-CHUNK = 500
-T = TypeVar("T")
-
-
 PERMITS: Table = Permit.__table__  # type: ignore[assignment]
 ISSUED_CODES: Table = IssuedCode.__table__  # type: ignore[assignment]
-
-
-def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 # --- the hot path at the driver -------------------------------------------------------------
@@ -48,53 +39,13 @@ def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
 # Every query passes through ``person_keys``, ``permits_by_query``, ``insert_permits`` and
 # ``set_answer_batch``. Building, coercing and compiling a Core statement (or an ORM bulk
 # insert's per-row parameter processing) costs more than the statement itself on SQLite, so
-# these go to the driver as SQL text: identifiers from the schema, values as parameters,
-# each column's bind processor applied here (once per distinct value).
-
-
-def _marker(dialect: Dialect) -> str:
-    return "?" if dialect.paramstyle == "qmark" else "%s"
-
-
-def _table_name(dialect: Dialect, table: Table) -> str:
-    return dialect.identifier_preparer.format_table(table)
-
-
-def _processor(table: Table, name: str, dialect: Dialect) -> Any:
-    """The column's bind processor for ``dialect``, or None (bytes go to drivers as they are)."""
-    column_type = table.c[name].type
-    if isinstance(column_type, LargeBinary):
-        return None
-    return column_type._cached_bind_processor(dialect)
+# these go to the driver as SQL text (``linkage.sqlfast``): identifiers from the schema, values
+# as parameters, each column's bind processor applied here (once per distinct value).
 
 
 def _bind(table: Table, name: str, dialect: Dialect, value: Any) -> Any:
-    processor = _processor(table, name, dialect)
+    processor = sqlfast.bind_processor(table, name, dialect)
     return value if processor is None else processor(value)
-
-
-def _select_in(
-    conn: Connection,
-    table: Table,
-    columns: Sequence[str],
-    where: Sequence[tuple[str, Any]],
-    in_column: str,
-    values: Sequence[Any],
-) -> list[Any]:
-    """``SELECT columns FROM table WHERE a = ? AND … AND in_column IN (…)`` in chunks."""
-    dialect = conn.dialect
-    quote, marker = dialect.identifier_preparer.quote, _marker(dialect)
-    head = "SELECT {} FROM {} WHERE {}".format(  # noqa: S608 (identifiers from our schema)
-        ", ".join(quote(c) for c in columns),
-        _table_name(dialect, table),
-        "".join(f"{quote(name)} = {marker} AND " for name, _ in where),
-    )
-    fixed = tuple(_bind(table, name, dialect, value) for name, value in where)
-    rows: list[Any] = []
-    for part in chunks(values):
-        sql = f"{head}{quote(in_column)} IN ({', '.join(marker for _ in part)})"
-        rows.extend(conn.exec_driver_sql(sql, (*fixed, *part)).all())
-    return rows
 
 
 def _insert_ignore(session: Session, model: type[Any], rows: list[dict[str, Any]]) -> None:
@@ -102,21 +53,17 @@ def _insert_ignore(session: Session, model: type[Any], rows: list[dict[str, Any]
     executemany at the driver with each column's bind processor applied here."""
     if not rows:
         return
-    conn = session.connection()
+    conn = sqlfast.connection(session)
     dialect = conn.dialect
-    table: Table = model.__table__
     if dialect.name not in ("sqlite", "postgresql"):
-        statement: Insert = sqlite.insert(model).on_conflict_do_nothing()
-        session.execute(statement, rows)
-        return
+        raise NotImplementedError(
+            f"INSERT … ON CONFLICT DO NOTHING is written for SQLite and PostgreSQL, "
+            f"not {dialect.name}"
+        )
+    table: Table = model.__table__
     names = list(rows[0])
-    quote, marker = dialect.identifier_preparer.quote, _marker(dialect)
-    sql = "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT DO NOTHING".format(  # noqa: S608
-        _table_name(dialect, table),
-        ", ".join(quote(name) for name in names),
-        ", ".join(marker for _ in names),
-    )
-    processors = [_processor(table, name, dialect) for name in names]
+    sql = sqlfast.insert_sql(dialect, table, names, " ON CONFLICT DO NOTHING")
+    processors = [sqlfast.bind_processor(table, name, dialect) for name in names]
     conn.exec_driver_sql(
         sql,
         [
@@ -222,8 +169,8 @@ def add_issued_code(
 
 def person_keys(session: Session, organization: str, codes: Sequence[str]) -> dict[str, bytes]:
     """code → person key for the codes issued to ``organization`` (unknown codes are absent)."""
-    rows = _select_in(
-        session.connection(),
+    rows = sqlfast.select_in(
+        session,
         ISSUED_CODES,
         ("linkage_code", "person_key"),
         (("organization", organization),),
@@ -241,8 +188,8 @@ def permits_by_query(
 ) -> dict[str, Permit]:
     found: dict[str, Permit] = {}
     # Repeats are rare: a cheap look for the ids first, whole rows only for those found.
-    known = _select_in(
-        session.connection(), PERMITS, ("query_id",), (("requester", requester),), "query_id",
+    known = sqlfast.select_in(
+        session, PERMITS, ("query_id",), (("requester", requester),), "query_id",
         query_ids,
     )  # fmt: skip
     if not known:
@@ -286,20 +233,15 @@ def insert_permits(session: Session, rows: list[tuple[Any, ...]]) -> None:
     tuple or list of str)."""
     if not rows:
         return
-    conn = session.connection()
+    conn = sqlfast.connection(session)
     dialect = conn.dialect
-    quote, marker = dialect.identifier_preparer.quote, _marker(dialect)
-    sql = "INSERT INTO {} ({}) VALUES ({})".format(  # noqa: S608 (identifiers from our schema)
-        _table_name(dialect, PERMITS),
-        ", ".join(quote(name) for name in PERMIT_COLUMNS),
-        ", ".join(marker for _ in PERMIT_COLUMNS),
-    )
+    sql = sqlfast.insert_sql(dialect, PERMITS, PERMIT_COLUMNS)
     # Only the columns with a bind processor are touched, each distinct value processed once
     # (a batch shares its item lists and its three times).
     processed = [
         (index, processor, dict[Any, Any]())
         for index, name in enumerate(PERMIT_COLUMNS)
-        if (processor := _processor(PERMITS, name, dialect)) is not None
+        if (processor := sqlfast.bind_processor(PERMITS, name, dialect)) is not None
     ]
     prepared: list[tuple[Any, ...]] = []
     append = prepared.append
@@ -354,12 +296,12 @@ def answer_batches(session: Session, batch_ids: Sequence[str]) -> dict[str, byte
 def set_answer_batch(
     session: Session, permit_ids: Sequence[str], batch_id: str, now: datetime
 ) -> None:
-    conn = session.connection()
+    conn = sqlfast.connection(session)
     dialect = conn.dialect
-    quote, marker = dialect.identifier_preparer.quote, _marker(dialect)
+    quote, marker = dialect.identifier_preparer.quote, sqlfast.marker(dialect)
     stamp = _bind(PERMITS, "updated_at", dialect, now)
     head = "UPDATE {} SET {} = {m}, {} = {m} WHERE {} IN (".format(  # noqa: S608
-        _table_name(dialect, PERMITS),
+        dialect.identifier_preparer.format_table(PERMITS),
         quote("answer_batch_id"),
         quote("updated_at"),
         quote("permit_id"),

@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from network_support import Clock, Net, remote, stored_bytes
 
+from linkage.codes import LINKAGE_CODE_RE
 from linkage.v1 import network_pb2
-from simulator.network.codes import LINKAGE_CODE_RE, CodeDeriver
+from simulator.network.codes import CodeDeriver
 from simulator.network.keystore import CodeSecrets
 
 ORG_CODES = st.from_regex(r"[a-z0-9][a-z0-9-]{0,31}", fullmatch=True)

@@ -205,6 +205,6 @@ async def test_a_caller_over_its_rate_is_resource_exhausted(
         await reader.GetNetworkKeys(network_pb2.GetNetworkKeysRequest())
     error = await remote(reader.GetNetworkKeys(network_pb2.GetNetworkKeysRequest()))
     assert (error.code, error.reason) == ("RESOURCE_EXHAUSTED", "RATE_LIMITED")
-    assert "retry_after_ms" in error.metadata
+    assert "retryAfterMs" in error.metadata
     # Another caller has its own bucket.
     await connect("org.jps", app.address).GetNetworkKeys(network_pb2.GetNetworkKeysRequest())

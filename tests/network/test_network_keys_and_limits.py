@@ -86,7 +86,7 @@ def test_the_bucket_refills_at_its_rate_and_caps_at_its_burst() -> None:
     with pytest.raises(ResourceExhausted) as raised:
         limiter.admit("org.sakai", 1)
     assert raised.value.reason == "RATE_LIMITED"
-    assert raised.value.metadata["retry_after_ms"] == "100"
+    assert raised.value.metadata["retryAfterMs"] == "100"
     time.now += 0.5
     limiter.admit("org.sakai", 5)
     time.now += 3600

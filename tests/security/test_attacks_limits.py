@@ -127,7 +127,7 @@ async def test_a_flood_of_queries_from_one_caller_is_resource_exhausted_and_leav
     for error in limited:
         refusal = remote_error(error)
         assert (refusal.code, refusal.reason) == ("RESOURCE_EXHAUSTED", "RATE_LIMITED")
-        assert int(refusal.metadata["retry_after_ms"]) > 0
+        assert int(refusal.metadata["retryAfterMs"]) > 0
     # Only what was admitted left a row; the flood itself is one record, not thirty.
     new_permits = [r for r in rows(url, "network_permits") if r not in permits_before]
     assert len(new_permits) == BURST

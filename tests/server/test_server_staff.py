@@ -145,7 +145,7 @@ async def test_lockout_after_repeated_failures(world: World) -> None:
             assert error.reason == "INVALID_CREDENTIALS"
         locked = await remote(world.sign_in("sakai", name, PASSWORD))
         assert (locked.code, locked.reason) == ("RESOURCE_EXHAUSTED", "SIGN_IN_LOCKED")
-        assert int(locked.metadata["retry_after_seconds"]) == 15 * 60
+        assert int(locked.metadata["retryAfterSeconds"]) == 15 * 60
     assert len(_denials(world, "sakai", "SIGN_IN_LOCKED")) == 2
     # Another tenant's user of the same name is not affected.
     await alpha.create_staff_account("jps", "suzuki.m", PASSWORD, ["OPERATOR"], must_change=False)
