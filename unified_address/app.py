@@ -218,6 +218,7 @@ async def start(config: Config) -> App:
             keyring.current.signing_key,
             keyring.current.key_id,
             interval=config.records_retention_interval,
+            clock=runtime.clock,
         )
     try:
         running = await start_server(
