@@ -263,6 +263,44 @@ async def test_an_operator_merges_two_unified_numbers_and_undoes_the_merge(
     assert any(r.reason == "UNDO_MERGE" for r in staff_records(config))
 
 
+async def test_an_operator_splits_links_off_to_a_new_person_and_undoes_the_split(
+    config: Config, console: StaffStub, system: Callable[[str], Stub], sign_in: SignIn
+) -> None:
+    operator = await sign_in("suzuki")
+    keep, absorb = await two_people(system, console, operator)
+    await console.MergePersons(
+        pb.MergePersonsRequest(keep_unified_number=keep, absorb_unified_number=absorb),
+        metadata=operator,
+    )
+
+    split = await console.SplitPerson(
+        pb.SplitPersonRequest(
+            unified_number=keep,
+            links=[pb.AddressLink(system="juki", address_number="J-1")],
+            note="two people after all",
+        ),
+        metadata=operator,
+    )
+
+    assert split.new_unified_number not in ("", keep, absorb)
+    moved = await person(console, operator, split.new_unified_number)
+    assert [(k.system, k.address_number) for k in moved.links] == [("juki", "J-1")]
+    assert not moved.has_individual_number
+    assert [
+        (k.system, k.address_number) for k in (await person(console, operator, keep)).links
+    ] == [("kokuho", "K-1")]
+    assert any(r.reason == "SPLIT" for r in staff_records(config))
+
+    await console.UndoLinkChange(
+        pb.UndoLinkChangeRequest(change_id=split.change_id), metadata=operator
+    )
+    rejoined = await person(console, operator, keep)
+    assert {(k.system, k.address_number) for k in rejoined.links} == {
+        ("juki", "J-1"),
+        ("kokuho", "K-1"),
+    }
+
+
 async def test_a_refused_operation_is_recorded_as_failed_and_changes_nothing(
     app: App, config: Config, console: StaffStub, system: Callable[[str], Stub], sign_in: SignIn
 ) -> None:
