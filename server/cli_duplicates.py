@@ -3,6 +3,7 @@
 Subcommands (file format: ``server/duplicates_file.py``, JSON lines)::
 
     linkage duplicates import FILE --tenant CODE [--import-id ID] [--business-system NAME]
+                                 [--workers N]
     linkage duplicates export --tenant CODE [--data-item ITEM] [--history] [--output FILE]
     linkage duplicates reconcile FILE --tenant CODE
 
@@ -11,8 +12,9 @@ Each works directly on the platform's database and data directory (``--database-
 the ImportDuplicates/ExportDuplicates RPCs. Import is all or nothing: a bad line prints
 ``FILE:LINE: field: reason`` (each bad line, up to a limit) and exits 2 with nothing stored. A
 small file is read and checked whole before the database is opened; a large one
-(``PIPELINE_MIN_BYTES``) is read, checked and sealed by a forked worker while this process
-inserts it, in the one transaction a bad line rolls back (``server.duplicates_bulk``).
+(``PIPELINE_MIN_BYTES``) is read, checked and sealed by forked workers (``--workers``, each
+sealing the rows of its own people) while this process inserts them, in the one transaction a
+bad line rolls back (``server.duplicates_bulk``).
 Progress goes to standard error. Exit codes: 0 done (or, for
 reconcile, no difference), 1 reconcile found differences, 2 bad usage or input.
 
@@ -24,6 +26,7 @@ start-up (heavy modules load inside the subcommand).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import uuid
@@ -52,6 +55,11 @@ PROGRESS_EVERY = 50_000
 # From this size on, a worker process reads, checks and seals while this one inserts; a smaller
 # file is read whole first (its bad lines reported before the database is opened).
 PIPELINE_MIN_BYTES = 1 << 20
+# Workers leave a core to the inserting process: on two cores one worker and the inserts
+# already share both (a second worker measured no faster there: ``make bench``); with more
+# cores the inserts are the bound and more workers keep them fed.
+DEFAULT_WORKERS = max(1, min(4, (os.cpu_count() or 1) - 1))
+MAX_WORKERS = 16
 
 
 class _UsageError(Exception):
@@ -76,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     common(imp)
     imp.add_argument("--import-id", help="idempotency key (default: a new one)")
     imp.add_argument("--business-system", default="cli")
+    imp.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=DEFAULT_WORKERS,
+        help=f"processes that read, check and seal a large file (default {DEFAULT_WORKERS})",
+    )
 
     exp = sub.add_parser("export", help="write the duplicates in force (or all versions)")
     common(exp)
@@ -192,7 +206,7 @@ def _import(args: argparse.Namespace) -> int:
     if pipeline.fork_available() and size >= PIPELINE_MIN_BYTES:
         # Fork the reader first: it loads its modules, checks and seals while this process
         # loads the storing side and opens the database; then one core seals, one inserts.
-        first: list[pipeline.Worker] = [pipeline.start_worker(path)]
+        first = [pipeline.start_workers(path, args.workers)]
         try:
             import_id = _import_id(args)
             opened = _open_store(args)
@@ -200,8 +214,8 @@ def _import(args: argparse.Namespace) -> int:
             first[0].close()
             raise
 
-        def worker() -> pipeline.Worker:
-            return first.pop() if first else pipeline.start_worker(path)
+        def worker() -> pipeline.Worker | pipeline.Workers:
+            return first.pop() if first else pipeline.start_workers(path, args.workers)
 
         return _store_import(args, opened, import_id, worker, None)
     import_id = _import_id(args)
@@ -216,6 +230,16 @@ def _import(args: argparse.Namespace) -> int:
     keys = {(row[0], row[1]) for row in rows}
     key = opened.tenant.data_key
     return _store_import(args, opened, import_id, lambda: InlineSource(rows, path, key), keys)
+
+
+def _worker_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= count <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_WORKERS}")
+    return count
 
 
 def _import_id(args: argparse.Namespace) -> str:

@@ -24,9 +24,11 @@ import contextlib
 import gc
 import os
 import pickle
+import queue
 import select
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -60,6 +62,7 @@ COLUMNS = (
     "created_at",
 )
 _DAY = timedelta(days=1)
+PUMP_WAIT = 0.1  # seconds a pump thread waits for room before looking whether to stop
 
 # (unified_number, data_item, row id, version, effective_from, effective_to)
 Latest = tuple[str, str, int, int, date, date | None]
@@ -107,6 +110,7 @@ class Summary:
     data_items: set[str] = field(default_factory=set)
     errors: list[str] = field(default_factory=list)
     error_count: int = 0
+    error_lines: list[int] = field(default_factory=list)  # the line of each of ``errors``
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +283,9 @@ class _Errors:
             self.summary.error_count += 1
             if len(self.summary.errors) < MAX_ERRORS:
                 self.summary.errors.append(str(error))
+                # A file-wide error (no line) sorts after every line's.
+                line = error.line if not isinstance(error, str) else sys.maxsize
+                self.summary.error_lines.append(line)
 
 
 def produce(
@@ -306,7 +313,7 @@ def produce(
             continue
         count += 1
         if count > max_rows:
-            errors.add([f"{path}: an import holds at most {max_rows} records"])
+            errors.add([_too_many(path, max_rows)])
             failed = True
             break
         if failed:
@@ -339,9 +346,39 @@ def produce(
             yield "rows", sealer.take()
         summary = sealer.finish()
         summary.errors, summary.error_count = errors.summary.errors, errors.summary.error_count
+        summary.error_lines = errors.summary.error_lines
     else:
         summary.imported = count
     yield "end", summary
+
+
+def merge_summaries(summaries: list[Summary], path: str, max_rows: int) -> Summary:
+    """One summary of the workers that each sealed the rows of their own people: the counts
+    added up, the changes joined (no two touch the same person), the first errors by line."""
+    merged = Summary()
+    errors: list[tuple[int, str]] = []
+    for summary in summaries:
+        merged.imported += summary.imported
+        merged.superseded += summary.superseded
+        merged.db_changes.extend(summary.db_changes)
+        merged.fixups.extend(summary.fixups)
+        merged.flagged.update(summary.flagged)
+        merged.data_items.update(summary.data_items)
+        merged.error_count += summary.error_count
+        errors.extend(zip(summary.error_lines, summary.errors, strict=True))
+    too_many = _too_many(path, max_rows)
+    if merged.imported > max_rows and all(text != too_many for _, text in errors):
+        errors.append((sys.maxsize, too_many))
+        merged.error_count += 1
+    errors.sort(key=lambda error: error[0])
+    del errors[MAX_ERRORS:]
+    merged.error_lines = [line for line, _ in errors]
+    merged.errors = [text for _, text in errors]
+    return merged
+
+
+def _too_many(path: str, max_rows: int) -> str:
+    return f"{path}: an import holds at most {max_rows} records"
 
 
 def _drain(sealer: Sealer, backlog: list[Row], chunk_rows: int) -> Iterator[Message]:
@@ -392,14 +429,89 @@ class Worker:
             os.waitpid(self.pid, 0)
 
 
+class Workers:
+    """Several forked producers of one file, each sealing the rows of its own people
+    (``duplicates_rows.shard_of``), seen as one: the same setup to each, their chunks as they
+    come, one merged summary at the end; a crash of any is the stream's crash."""
+
+    def __init__(self, workers: list[Worker], path: str) -> None:
+        self._workers = workers
+        self._path = path
+        self._stop = threading.Event()
+        self._pumps: list[threading.Thread] = []
+
+    def send_setup(self, setup: Setup) -> None:
+        for worker in self._workers:
+            worker.send_setup(setup)
+
+    def messages(self) -> Iterator[Message]:
+        # One thread per pipe: each blocks reading its worker (the GIL is free meanwhile), so
+        # a slow worker never holds up the other's chunks.
+        inbox: queue.Queue[Message] = queue.Queue(maxsize=4 * len(self._workers))
+        self._pumps = [
+            threading.Thread(target=self._pump, args=(worker, inbox), daemon=True)
+            for worker in self._workers
+        ]
+        for pump in self._pumps:
+            pump.start()
+        summaries: list[Summary] = []
+        while len(summaries) < len(self._workers):
+            kind, payload = inbox.get()
+            if kind == "end":
+                summaries.append(payload)
+                continue
+            yield kind, payload
+            if kind != "rows":
+                return
+        yield "end", merge_summaries(summaries, self._path, MAX_IMPORT_RECORDS)
+
+    def _pump(self, worker: Worker, inbox: queue.Queue[Message]) -> None:
+        try:
+            for message in worker.messages():
+                self._put(inbox, message)
+        except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError):
+            # The worker died or its pipe was closed under us: the stream's crash.
+            self._put(inbox, ("crash", "the import worker ended without finishing"))
+
+    def _put(self, inbox: queue.Queue[Message], message: Message) -> None:
+        """Hand ``message`` over, waiting for room until the storing side stops reading."""
+        while not self._stop.is_set():
+            with contextlib.suppress(queue.Full):
+                inbox.put(message, timeout=PUMP_WAIT)
+                return
+
+    def close(self, *, finished: bool = False) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.close(finished=finished)
+        for pump in self._pumps:
+            pump.join(timeout=PUMP_WAIT * 10)
+
+
 def fork_available() -> bool:
     return hasattr(os, "fork")
 
 
-def start_worker(path: str) -> Worker:
-    """Fork a producer of the file at ``path``. Call it before loading heavy modules (this
-    module loads none): the child loads its own (protobuf, cryptography) while the parent loads
-    the storing side's (SQLAlchemy), each on its own core."""
+def start_workers(path: str, count: int) -> Worker | Workers:
+    """``count`` forked producers of the file at ``path``, as one source (see ``Workers``)."""
+    if count <= 1:
+        return start_worker(path)
+    workers: list[Worker] = []
+    try:
+        for shard in range(count):
+            workers.append(start_worker(path, shard=shard, shards=count))
+    except BaseException:
+        for worker in workers:
+            worker.close()
+        raise
+    return Workers(workers, path)
+
+
+def start_worker(path: str, *, shard: int = 0, shards: int = 1) -> Worker:
+    """Fork a producer of the file at ``path`` (of the people of ``shard`` of ``shards``).
+    Call it before loading heavy modules (this module loads none): the child loads its own
+    (protobuf, cryptography) while the parent loads the storing side's (SQLAlchemy), each on
+    its own core."""
     setup_read, setup_write = os.pipe()
     message_read, message_write = os.pipe()
     for stream in (sys.stdout, sys.stderr):
@@ -410,7 +522,7 @@ def start_worker(path: str) -> Worker:
         try:
             os.close(setup_write)
             os.close(message_read)
-            _child(path, setup_read, message_write)
+            _child(path, setup_read, message_write, shard, shards)
             code = 0
         finally:
             os._exit(code)
@@ -419,7 +531,7 @@ def start_worker(path: str) -> Worker:
     return Worker(pid, os.fdopen(setup_write, "wb"), os.fdopen(message_read, "rb"))
 
 
-def _child(path: str, setup_fd: int, message_fd: int) -> None:
+def _child(path: str, setup_fd: int, message_fd: int, shard: int, shards: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it kills us if need be
     # Short-lived and free of cycles: the cyclic collector would only rescan the rows read
     # ahead, again and again (a third of the reading time).
@@ -442,7 +554,8 @@ def _child(path: str, setup_fd: int, message_fd: int) -> None:
         from server.duplicates_rows import read_rows
 
         with open(path, encoding="utf-8") as handle:
-            for message in produce(read_rows(handle, path), path, receive, load_key):
+            found = read_rows(handle, path, shard=shard, shards=shards)
+            for message in produce(found, path, receive, load_key):
                 pickle.dump(message, out, protocol=pickle.HIGHEST_PROTOCOL)
                 out.flush()
     except (BrokenPipeError, EOFError):

@@ -22,6 +22,8 @@ import SQLAlchemy (it runs in the import's worker process, which must start fast
 from __future__ import annotations
 
 import json
+import re
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from datetime import date
 from typing import Any
@@ -41,6 +43,11 @@ from server.duplicates_file import KEYS, LineError, _record
 # (unified_number, data_item, effective_from, effective_to, serialized content, flag)
 Row = tuple[str, str, date, date | None, bytes, bool]
 
+# A line's person without decoding it, for a line with no backslash (so no escape: every quote
+# delimits a string and every key is spelled as it reads): the text of its one
+# "unified_number" key. Counting excludes a repeated key (JSON keeps the last).
+_NUMBER_KEY = '"unified_number"'
+_NUMBER = re.compile(r'"unified_number"\s*:\s*"([^"]*)"')
 _PLAIN = frozenset({int, str, bool})  # JSON values the typed constructor checks like ParseDict
 _scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # json.loads, minus layers
 
@@ -204,18 +211,45 @@ def parse_line(text: str, path: str, number: int) -> Row | list[LineError] | Non
     return found if found is not None else _reference(data, path, number)
 
 
+def shard_of(unified_number: str, shards: int) -> int:
+    """Which of ``shards`` workers owns a person: every row of one person goes to the same
+    worker, so each works out versions and supersessions alone."""
+    return zlib.crc32(unified_number.encode()) % shards
+
+
+def _line_shard(stripped: str, shards: int) -> int | None:
+    """The owner of a line, read cheaply from its text; None when only decoding can tell."""
+    if "\\" in stripped or stripped.count(_NUMBER_KEY) != 1:
+        return None
+    found = _NUMBER.search(stripped)
+    return None if found is None else shard_of(found.group(1), shards)
+
+
 def read_rows(
-    handle: Iterable[str], path: str, *, start: int = 1
+    handle: Iterable[str], path: str, *, start: int = 1, shard: int = 0, shards: int = 1
 ) -> Iterator[tuple[int, Row | list[LineError]]]:
-    """(line number, row or errors) of every record line of the file."""
+    """(line number, row or errors) of every record line of the file, or of the lines worker
+    ``shard`` of ``shards`` owns: the rows of the people ``shard_of`` gives it, and each bad
+    line exactly once (by its person when the text names one plainly, else by line number).
+    """
     for number, text in enumerate(handle, start=start):
         stripped = text.strip()
         if not stripped or stripped[0] == "#":
             continue
+        owner = shard if shards == 1 else _line_shard(stripped, shards)
+        if owner is not None and owner != shard:
+            continue
         try:
             data = _decoded(stripped)
         except json.JSONDecodeError as error:
-            yield number, [LineError(path, number, "line", f"not JSON ({error.msg})")]
-            continue
-        found = _fast(data)
-        yield number, found if found is not None else _reference(data, path, number)
+            found: Row | list[LineError] = [
+                LineError(path, number, "line", f"not JSON ({error.msg})")
+            ]
+        else:
+            row = _fast(data)
+            found = row if row is not None else _reference(data, path, number)
+        if owner is None:  # decoded by every worker: keep it only in its owner
+            owner = number % shards if isinstance(found, list) else shard_of(found[0], shards)
+            if owner != shard:
+                continue
+        yield number, found

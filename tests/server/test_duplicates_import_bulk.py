@@ -8,7 +8,9 @@ versions, periods, flags, contents), the forked worker against the same CLI in o
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -32,7 +34,8 @@ from server.cli_duplicates import main as duplicates_cli
 from server.duplicates import DuplicateStore, ImportBuffer, open_content
 from server.duplicates_bulk import BulkImport, InlineSource
 from server.duplicates_file import _record
-from server.duplicates_rows import Row, parse_line, read_rows, record_row
+from server.duplicates_pipeline import MAX_ERRORS, Summary, merge_summaries
+from server.duplicates_rows import Row, parse_line, read_rows, record_row, shard_of
 from server.records import Recorder
 from server.tenancy import Tenant
 
@@ -577,3 +580,183 @@ def test_dates_reach_the_database_as_the_orm_writes_them(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr
     assert _stored(tmp_path / "p") == [("U-1", "local_tax", 1, "2026-06-01", "2027-03-31", 1, 0)]
     assert date.fromisoformat("2027-03-31")  # the form SQLAlchemy's Date writes on SQLite
+
+
+# --- several workers, each sealing its own people ----------------------------------------------
+
+
+def _tricky_lines() -> list[str]:
+    """Lines whose person only decoding can tell, or that name it in odd places."""
+    good = json.dumps(_line(unified_number="P-7"))
+    return [
+        good.replace('"P-7"', '"P\\u002d7"'),  # the same person, spelled with an escape
+        good.replace(
+            '"unified_number": "P-7"', '"unified_number": "P-8", "unified\\u005fnumber": "P-9"'
+        ),
+        good.replace('"unified_number": "P-7"', '"unified_number": "P-1", "unified_number": "P-2"'),
+        json.dumps({**_line(), "content": {"unified_number": "P-3"}}),
+        '{"x\\"unified_number": "P-4"}',
+        '{"unified_number": 12, "data_item": "local_tax"}',
+        '{"unified_number": "P-5", broken',
+        '# a comment naming "unified_number": "P-6"',
+        "",
+        "{not json",
+    ]
+
+
+def _sharded_lines() -> list[str]:
+    lines = [json.dumps(v) for v in _variants()]
+    lines += _random_lines(random.Random(3), 400, people=60)
+    lines += _tricky_lines() * 3
+    random.Random(4).shuffle(lines)
+    return lines
+
+
+@pytest.mark.parametrize("shards", [2, 3])
+def test_shards_read_every_line_once_and_each_person_whole(shards: int) -> None:
+    lines = _sharded_lines()
+    whole = list(read_rows(lines, "f"))
+    parts = [list(read_rows(lines, "f", shard=k, shards=shards)) for k in range(shards)]
+    merged = sorted((found for part in parts for found in part), key=lambda found: found[0])
+    assert [(n, str(r)) for n, r in merged] == [(n, str(r)) for n, r in whole]
+    for shard, part in enumerate(parts):
+        people = {found[0] for _, found in part if isinstance(found, tuple)}
+        assert all(shard_of(person, shards) == shard for person in people)
+        assert part, "every shard gets some lines"
+    assert sum(isinstance(found, tuple) for _, found in whole) > 300
+
+
+def _summary(lines_and_errors: list[tuple[int, str]], imported: int) -> Summary:
+    summary = Summary(imported=imported, error_count=len(lines_and_errors))
+    summary.error_lines = [line for line, _ in lines_and_errors]
+    summary.errors = [error for _, error in lines_and_errors]
+    return summary
+
+
+def test_merged_summaries_keep_the_first_errors_by_line() -> None:
+    odd = _summary([(n, f"f:{n}: x: bad") for n in range(1, 200, 2)][:MAX_ERRORS], 0)
+    odd.error_count = 100
+    even = _summary([(n, f"f:{n}: x: bad") for n in range(2, 200, 2)][:MAX_ERRORS], 0)
+    even.error_count = 99
+    merged = merge_summaries([odd, even], "f", 1_000)
+    assert merged.errors == [f"f:{n}: x: bad" for n in range(1, MAX_ERRORS + 1)]
+    assert merged.error_count == 199
+
+
+def test_merged_summaries_hold_the_import_limit_over_all_workers() -> None:
+    merged = merge_summaries([_summary([], 3), _summary([], 3)], "f", 5)
+    assert merged.errors == ["f: an import holds at most 5 records"]
+    assert merged.error_count == 1
+    assert not merge_summaries([_summary([], 3), _summary([], 2)], "f", 5).errors
+
+
+def _stored_by_key(directory: Path) -> list[tuple[Any, ...]]:
+    return sorted(row[:7] for row in _stored(directory))
+
+
+def test_cli_several_workers_store_what_one_worker_stores(tmp_path: Path) -> None:
+    lines = _big_lines(6_000, seed=5)
+    one = _fresh_platform(tmp_path / "one", lines)
+    three = _fresh_platform(tmp_path / "three", lines)
+    done = _cli(tmp_path / "one", "import", str(one), "--workers", "1")
+    assert done.returncode == 0, done.stderr
+    done = _cli(tmp_path / "three", "import", str(three), "--workers", "3")
+    assert done.returncode == 0, done.stderr
+    assert "stored 6,000 rows" in done.stderr
+    rows = _stored_by_key(tmp_path / "three")
+    assert rows == _stored_by_key(tmp_path / "one")
+    assert sum(1 for row in rows if not row[5]) > 1_000  # supersession, across chunks
+
+
+def test_cli_several_workers_report_bad_lines_in_order_and_store_nothing(tmp_path: Path) -> None:
+    lines = _big_lines(6_000, seed=6)
+    bad = [10, 11, 2_500, 4_000, 5_999]
+    for index in bad:
+        lines[index] = lines[index].replace('"data_item": "', '"data_item": "no_such_')
+    lines[3_000] = "{broken"
+    source = _fresh_platform(tmp_path / "p", lines)
+    done = _cli(tmp_path / "p", "import", str(source), "--workers", "2")
+    assert done.returncode == 2
+    reported = [
+        int(line.split(":")[1])
+        for line in done.stderr.splitlines()
+        if ": " in line and line.startswith(str(source))
+    ]
+    assert reported == sorted([index + 1 for index in bad] + [3_001])
+    assert "nothing was imported" in done.stderr
+    assert _stored(tmp_path / "p") == []
+
+
+def test_cli_refuses_a_worker_count_out_of_range(tmp_path: Path) -> None:
+    source = _fresh_platform(tmp_path / "p", _big_lines(10, seed=7))
+    done = _cli(tmp_path / "p", "import", str(source), "--workers", "0")
+    assert done.returncode == 2
+    assert "--workers: must be from 1 to" in done.stderr
+
+
+# --- processes killed mid-way -------------------------------------------------------------------
+
+
+def _started_import(directory: Path, source: Path, *args: str) -> subprocess.Popen[str]:
+    """``linkage duplicates import`` running, returned once it has stored its first rows."""
+    command = [sys.executable, "-m", "linkage.cli", "duplicates", "import", str(source), *args]
+    command += ["--tenant", "jps", "--data-dir", str(directory), "--platform", "jps"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert process.stderr is not None
+    for line in process.stderr:  # progress, one line per 50,000 rows stored
+        if line.startswith("stored: "):
+            return process
+    process.wait()
+    raise AssertionError(f"the import ended before storing anything (exit {process.returncode})")
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
+        return [int(child) for child in handle.read().split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def big_import(tmp_path: Path) -> tuple[Path, Path]:
+    directory = tmp_path / "p"
+    directory.mkdir()
+    db.migrate(db.sqlite_url(directory / "server.sqlite"))
+    return directory, storage.duplicate_file(directory / "d.jsonl", 200_000)
+
+
+def test_a_worker_killed_mid_import_fails_it_and_stores_nothing(
+    big_import: tuple[Path, Path],
+) -> None:
+    directory, source = big_import
+    process = _started_import(directory, source, "--workers", "2")
+    workers = _children(process.pid)
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    _, errors = process.communicate(timeout=120)
+    assert process.returncode == 2
+    assert "the import worker ended without finishing" in errors
+    assert _stored(directory) == []
+    assert not any(_alive(worker) for worker in workers)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_import_killed_mid_way_stores_nothing_and_its_retry_stores_it_once(
+    big_import: tuple[Path, Path], workers: str
+) -> None:
+    directory, source = big_import
+    process = _started_import(directory, source, "--workers", workers, "--import-id", "k")
+    children = _children(process.pid)
+    process.kill()
+    process.communicate()
+    assert _stored(directory) == []
+    done = _cli(directory, "import", str(source), "--import-id", "k", "--workers", workers)
+    assert done.returncode == 0, done.stderr
+    assert len(_stored(directory)) == 200_000
+    assert not any(_alive(child) for child in children)  # the orphaned workers ended too
