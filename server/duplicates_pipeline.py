@@ -29,7 +29,7 @@ import select
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from itertools import repeat
@@ -415,6 +415,19 @@ class Worker:
             if message[0] != "rows":
                 return
 
+    def fds(self) -> tuple[int, int]:
+        """The parent's ends of this worker's pipes."""
+        return self._setup_out.fileno(), self._in.fileno()
+
+    def end(self) -> None:
+        """Kill the worker if it still runs (its pipe then ends: a reader blocked on it returns)."""
+        if not self._reaped:
+            with contextlib.suppress(ChildProcessError, ProcessLookupError):
+                if os.waitpid(self.pid, os.WNOHANG) == (0, 0):
+                    os.kill(self.pid, signal.SIGKILL)  # our own child, by its pid
+                else:
+                    self._reaped = True
+
     def close(self, *, finished: bool = False) -> None:
         """Reap the worker: wait for it when it ``finished`` its stream, else end it first."""
         for stream in (self._setup_out, self._in):
@@ -482,10 +495,15 @@ class Workers:
 
     def close(self, *, finished: bool = False) -> None:
         self._stop.set()
+        if not finished:
+            # First end the workers: a pump blocked reading a live worker holds its pipe's
+            # lock, and closing the pipe would wait for it.
+            for worker in self._workers:
+                worker.end()
+        for pump in self._pumps:
+            pump.join()
         for worker in self._workers:
             worker.close(finished=finished)
-        for pump in self._pumps:
-            pump.join(timeout=PUMP_WAIT * 10)
 
 
 def fork_available() -> bool:
@@ -499,7 +517,10 @@ def start_workers(path: str, count: int) -> Worker | Workers:
     workers: list[Worker] = []
     try:
         for shard in range(count):
-            workers.append(start_worker(path, shard=shard, shards=count))
+            # Each child closes its elder siblings' pipe ends it inherited, so a worker's
+            # pipes end when the parent's do (no sibling keeps them open).
+            inherited = [fd for worker in workers for fd in worker.fds()]
+            workers.append(start_worker(path, shard=shard, shards=count, inherited=inherited))
     except BaseException:
         for worker in workers:
             worker.close()
@@ -507,7 +528,9 @@ def start_workers(path: str, count: int) -> Worker | Workers:
     return Workers(workers, path)
 
 
-def start_worker(path: str, *, shard: int = 0, shards: int = 1) -> Worker:
+def start_worker(
+    path: str, *, shard: int = 0, shards: int = 1, inherited: Sequence[int] = ()
+) -> Worker:
     """Fork a producer of the file at ``path`` (of the people of ``shard`` of ``shards``).
     Call it before loading heavy modules (this module loads none): the child loads its own
     (protobuf, cryptography) while the parent loads the storing side's (SQLAlchemy), each on
@@ -520,8 +543,8 @@ def start_worker(path: str, *, shard: int = 0, shards: int = 1) -> Worker:
     if pid == 0:  # the child: never returns
         code = 1
         try:
-            os.close(setup_write)
-            os.close(message_read)
+            for fd in (setup_write, message_read, *inherited):
+                os.close(fd)
             _child(path, setup_read, message_write, shard, shards)
             code = 0
         finally:
