@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.floor import FloorResult, sha256_chain_floor, sqlite_copy_floor
+from bench.floor import FloorResult, cpu_seconds, sha256_chain_floor, sqlite_copy_floor
+from bench.report import cpu_counters, cpu_usage
 
 if TYPE_CHECKING:
     from nacl.signing import VerifyKey
@@ -135,6 +136,29 @@ def _run_import(command: list[str]) -> tuple[float, str, float]:
     return elapsed, stderr.strip().splitlines()[-1], usage.ru_utime + usage.ru_stime
 
 
+class _OtherWork:
+    """The machine's CPU use, and the world's servers', from now until ``done``."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        world: BenchWorld | None = ctx.shared.get("world")
+        self._pids = {} if world is None else dict(world.pids)
+        self._counters = cpu_counters()
+        self._servers = self._server_cpu()
+
+    def _server_cpu(self) -> float:
+        total = 0.0
+        for pid in self._pids.values():
+            try:
+                total += cpu_seconds(pid)
+            except (OSError, IndexError, ValueError):
+                continue
+        return total
+
+    def done(self) -> dict[str, Any]:
+        usage = cpu_usage(self._counters, cpu_counters())
+        return {**usage, "world_servers_cpu_s": round(self._server_cpu() - self._servers, 2)}
+
+
 async def measure_duplicate_import(ctx: RunContext) -> float:
     """rows/s of ``linkage duplicates import`` (see the module); adds its floor to the run."""
     rows = QUICK_ROWS if ctx.quick else FULL_ROWS
@@ -142,7 +166,9 @@ async def measure_duplicate_import(ctx: RunContext) -> float:
     file = await asyncio.to_thread(_prepare_platform, directory, rows)
     profile = None if ctx.profile_dir is None else ctx.profile_dir / "duplicates-import.prof"
     command = _import_command(file, directory, profile)
+    others = _OtherWork(ctx)
     elapsed, summary, cpu = await asyncio.to_thread(_run_import, command)
+    besides = others.done()
     floor = await asyncio.to_thread(
         sqlite_copy_floor,
         directory / "server.sqlite",
@@ -163,6 +189,9 @@ async def measure_duplicate_import(ctx: RunContext) -> float:
             "cpu_s": round(cpu, 2),
             "command": "linkage duplicates import FILE --tenant jps (fresh process)",
             "cli_summary": summary,
+            # What else ran meanwhile: the machine's busy share (the import alone keeps it
+            # near cpu_s / wall_s / cores) and the CPU the idle world's servers took.
+            "machine_during_import": besides,
             "scaled_to_1m": rows != FULL_ROWS,
             "profiled_with_cprofile": profile is not None,
         },

@@ -18,10 +18,12 @@ retransmissions give up, 15 minutes or more). Either failure is an ``Operational
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import MetaData, create_engine, event, make_url, text
 from sqlalchemy.engine import Engine
@@ -118,7 +120,17 @@ def postgres_connect_args(url: str, connect_timeout: int | None) -> dict[str, An
 def probe_engine(url: str, *, connect_timeout: int | None = DEFAULT_CONNECT_TIMEOUT) -> Engine:
     """An engine for health probes of the database at ``url``: a fresh connection per probe
     (no pool), so a probe tells whether the database answers now, and never waits for, or
-    takes, a connection the app's requests need."""
+    takes, a connection the app's requests need. An SQLite file is opened read-write but never
+    created: a probe of a file that was removed fails, rather than make an empty database."""
+    database = make_url(url).database
+    if url.startswith("sqlite") and database not in (None, "", ":memory:"):
+        uri = f"file:{quote(str(database))}?mode=rw"
+        return create_engine(
+            url,
+            poolclass=NullPool,
+            hide_parameters=True,
+            creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False),
+        )
     return create_engine(
         url,
         poolclass=NullPool,

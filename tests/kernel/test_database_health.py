@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy.exc import OperationalError
 
+from linkage import db
 from linkage.health import NOT_SERVING, SERVING, DatabaseHealth
 from linkage.rpc import LIVENESS_SERVICE, RunningServer, Security, start_server
 
@@ -140,3 +143,19 @@ async def test_the_probe_needs_a_positive_interval_and_timeout(server: RunningSe
         DatabaseHealth(server, Database(), interval=0)
     with pytest.raises(ValueError, match="positive"):
         DatabaseHealth(server, Database(), timeout=-1)
+
+
+def test_a_probe_of_a_removed_sqlite_file_fails_and_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "dir with space%" / "app.sqlite"
+    path.parent.mkdir()
+    url = db.sqlite_url(path)
+    db.migrate(url)
+    probe = db.probe_engine(url)
+    try:
+        db.ping(probe)  # the file is there: the probe answers
+        path.unlink()
+        with pytest.raises(OperationalError):
+            db.ping(probe)
+        assert not path.exists()
+    finally:
+        probe.dispose()
