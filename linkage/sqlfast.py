@@ -19,6 +19,7 @@ Only what is generic across SQLite and PostgreSQL lives here; dialect-specific s
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, LargeBinary, Table, insert
@@ -65,6 +66,49 @@ def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
+@dataclass(frozen=True, slots=True)
+class _SelectIn:
+    """A ``select_in`` statement's fixed parts for one dialect, worked out once."""
+
+    head: str  # up to and including the quoted IN column
+    mark: str
+    where_processors: tuple[Any, ...]
+    result_processors: tuple[Any, ...] | None  # None: no column needs converting
+
+
+_SELECT_IN: dict[tuple[Any, ...], _SelectIn] = {}
+
+
+def _select_in_parts(
+    dialect: Dialect,
+    table: Table,
+    columns: Sequence[str],
+    where_names: tuple[str, ...],
+    in_column: str,
+    extra: str,
+) -> _SelectIn:
+    key = (table.fullname, tuple(columns), where_names, in_column, extra, dialect.name,
+           dialect.driver, str(dialect.paramstyle))  # fmt: skip
+    found = _SELECT_IN.get(key)
+    if found is None:
+        quote, mark = dialect.identifier_preparer.quote, marker(dialect)
+        head = "SELECT {} FROM {} WHERE {}{}{} IN (".format(  # noqa: S608 (our identifiers)
+            ", ".join(quote(c) for c in columns),
+            dialect.identifier_preparer.format_table(table),
+            "".join(f"{quote(name)} = {mark} AND " for name in where_names),
+            extra,
+            quote(in_column),
+        )
+        results = tuple(result_processor(table, name, dialect) for name in columns)
+        found = _SELECT_IN[key] = _SelectIn(
+            head,
+            mark,
+            tuple(bind_processor(table, name, dialect) for name in where_names),
+            results if any(processor is not None for processor in results) else None,
+        )
+    return found
+
+
 def select_in(
     session: Session,
     table: Table,
@@ -79,27 +123,23 @@ def select_in(
     """``SELECT columns FROM table WHERE a = ? AND … AND {extra}in_column IN (…)`` in chunks
     of ``chunk`` values; ``extra`` is a condition on our own columns with no parameter, ending
     in ``AND ``. ``where`` values go through their columns' bind processors, and each selected
-    column's result processor (dates on SQLite) is applied to the rows. Flushes the session."""
+    column's result processor (dates on SQLite) is applied to the rows. Flushes the session.
+    The statement's text and processors are worked out once per shape (single queries pass
+    here several times each, at every hop)."""
     conn = connection(session)
-    dialect = conn.dialect
-    quote, mark = dialect.identifier_preparer.quote, marker(dialect)
-    head = "SELECT {} FROM {} WHERE {}{}".format(  # noqa: S608 (identifiers from our schema)
-        ", ".join(quote(c) for c in columns),
-        dialect.identifier_preparer.format_table(table),
-        "".join(f"{quote(name)} = {mark} AND " for name, _ in where),
-        extra,
+    parts = _select_in_parts(
+        conn.dialect, table, columns, tuple(name for name, _ in where), in_column, extra
     )
     fixed = tuple(
-        value if (processor := bind_processor(table, name, dialect)) is None else processor(value)
-        for name, value in where
+        value if processor is None else processor(value)
+        for processor, (_, value) in zip(parts.where_processors, where, strict=True)
     )
-    processors = [result_processor(table, name, dialect) for name in columns]
-    convert = any(processor is not None for processor in processors)
+    processors = parts.result_processors
     rows: list[Any] = []
     for part in chunks(values, chunk):
-        sql = f"{head}{quote(in_column)} IN ({', '.join(mark for _ in part)})"
+        sql = f"{parts.head}{', '.join(parts.mark for _ in part)})"
         found: list[Any] = list(conn.exec_driver_sql(sql, (*fixed, *part)))
-        if convert:
+        if processors is not None:
             found = [
                 tuple(
                     value if processor is None else processor(value)

@@ -313,7 +313,7 @@ def _store_query(
     result: intermediate_server_pb2.QueryResult,
 ) -> None:
     """Remember whom the query is about (for result reads) and record it, in one transaction."""
-    if repo.relayed_query(scope.system, query.query_id) is None:  # a retry keeps the first
+    if not repo.relayed_query_ids(scope.system, (query.query_id,)):  # a retry keeps the first
         repo.add_relayed_queries(
             scope.system,
             runtime.clock(),

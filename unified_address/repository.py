@@ -178,21 +178,26 @@ class Repository:
         return found
 
     def subjects(self, system: str, address_numbers: Collection[str]) -> dict[str, Subject]:
-        """Each known address number's (unified number, code state), one join per chunk: the
-        batch query path translates thousands of address numbers per message."""
+        """Each known address number's (unified number, code state): two driver-level reads
+        (links, then their persons' states), as every query, single or in a batch, asks."""
+        links = sqlfast.select_in(
+            self.session,
+            _LINKS,
+            ("address_number", "unified_number"),
+            (("system", system),),
+            "address_number",
+            sorted(address_numbers),
+        )
+        linked = sorted({number for _, number in links if number is not None})
+        states: dict[str, str] = {}
+        if linked:
+            columns = ("unified_number", "code_state")
+            read = sqlfast.select_in(self.session, _PERSONS, columns, (), "unified_number", linked)
+            states.update(read)
         found: dict[str, Subject] = {}
-        joined = _LINKS.outerjoin(_PERSONS, _LINKS.c.unified_number == _PERSONS.c.unified_number)
-        for chunk in _chunks(sorted(address_numbers)):
-            stmt = (
-                select(_LINKS.c.address_number, _LINKS.c.unified_number, _PERSONS.c.code_state)
-                .select_from(joined)
-                .where(_LINKS.c.system == system, _LINKS.c.address_number.in_(chunk))
-            )
-            for address_number, unified_number, state in self.session.execute(stmt):
-                found[address_number] = (
-                    unified_number,
-                    None if state is None else CodeState(state),
-                )
+        for address_number, unified_number in links:
+            state = None if unified_number is None else states.get(unified_number)
+            found[address_number] = (unified_number, None if state is None else CodeState(state))
         return found
 
     def links_of(self, unified_number: str) -> list[PersonLink]:
@@ -238,13 +243,10 @@ class Repository:
 
     def relayed_query_ids(self, system: str, query_ids: Collection[str]) -> set[str]:
         """Which of these query ids of ``system`` are already relayed."""
-        found: set[str] = set()
-        for chunk in _chunks(sorted(query_ids)):
-            stmt = select(_QUERIES.c.query_id).where(
-                _QUERIES.c.system == system, _QUERIES.c.query_id.in_(chunk)
-            )
-            found.update(self.session.scalars(stmt))
-        return found
+        where = (("system", system),)
+        ids = sorted(query_ids)
+        rows = sqlfast.select_in(self.session, _QUERIES, ("query_id",), where, "query_id", ids)
+        return {query_id for (query_id,) in rows}
 
     def add_relayed_queries(
         self, system: str, submitted_at: datetime, rows: Sequence[RelayedRow]
