@@ -123,11 +123,13 @@ class QueryDesk:
     async def submit(self, request: BatchRequest) -> BatchResult:
         now = self._clock()
         codes = [query.provider for query in request.queries]
-        # The requester and every provider in one directory read (one thread hand-off): the
-        # providers' entries are only read here, checked below after the requester's.
-        providers = await asyncio.to_thread(
-            self._directory.get_many, list(dict.fromkeys([request.requester, *codes]))
-        )
+        # The requester and every provider in one directory read (from the cache, or one thread
+        # hand-off): the providers' entries are only read here, checked below after the
+        # requester's.
+        wanted = list(dict.fromkeys([request.requester, *codes]))
+        providers = self._directory.cached_many(wanted)
+        if providers is None:
+            providers = await asyncio.to_thread(self._directory.get_many, wanted)
         requester = providers.get(request.requester)
         if requester is None:
             raise PermissionDenied(
