@@ -122,8 +122,10 @@ def probe_engine(url: str, *, connect_timeout: int | None = DEFAULT_CONNECT_TIME
     (no pool), so a probe tells whether the database answers now, and never waits for, or
     takes, a connection the app's requests need. An SQLite file is opened read-write but never
     created: a probe of a file that was removed fails, rather than make an empty database."""
-    database = make_url(url).database
-    if url.startswith("sqlite") and database not in (None, "", ":memory:"):
+    parsed = make_url(url)
+    database = parsed.database
+    plain_file = parsed.drivername in ("sqlite", "sqlite+pysqlite") and not parsed.query
+    if plain_file and database not in (None, "", ":memory:"):
         uri = f"file:{quote(str(database))}?mode=rw"
         return create_engine(
             url,

@@ -87,7 +87,7 @@ def _select_in_parts(
     in_column: str,
     extra: str,
 ) -> _SelectIn:
-    key = (table.fullname, tuple(columns), where_names, in_column, extra, dialect.name,
+    key = (table, tuple(columns), where_names, in_column, extra, dialect.name,
            dialect.driver, str(dialect.paramstyle))  # fmt: skip
     found = _SELECT_IN.get(key)
     if found is None:

@@ -310,6 +310,8 @@ class BulkImport:
                 elif kind == "end":
                     assert isinstance(payload, Summary)
                     return payload
+                elif kind == "failed":
+                    continue  # a bad line: no more rows come, the summary says why
                 else:
                     raise WorkerFailed(str(payload))
         finally:

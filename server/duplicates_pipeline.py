@@ -10,9 +10,9 @@ generator, used directly (no process) for small files or where ``fork`` is not a
 
 Protocol (pickles over two pipes): the storing side sends one ``Setup``; the producer sends
 ``("rows", Chunk)`` messages, then one ``("end", Summary)`` (or ``("crash", reason)``). Once a
-line is bad, no more rows are sent and the summary carries the errors (the storing side then
-rolls back: nothing is stored); the file is still read to the end to report every bad line up
-to a limit.
+line is bad, it sends ``("failed", None)`` and no more rows, and the summary carries the errors
+(the storing side then rolls back: nothing is stored); the file is still read to the end to
+report every bad line up to a limit.
 
 Must never: send or print a plaintext content (only sealed tokens leave the producer; errors
 name fields, never values), write to the database, or import SQLAlchemy.
@@ -29,8 +29,9 @@ import select
 import signal
 import sys
 import threading
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from itertools import repeat
 from pathlib import Path
@@ -66,6 +67,12 @@ PUMP_WAIT = 0.1  # seconds a pump thread waits for room before looking whether t
 
 # (unified_number, data_item, row id, version, effective_from, effective_to)
 Latest = tuple[str, str, int, int, date, date | None]
+
+
+def shard_of(unified_number: str, shards: int) -> int:
+    """Which of ``shards`` workers owns a person: every row of one person goes to the same
+    worker, so each works out versions and supersessions alone."""
+    return zlib.crc32(unified_number.encode()) % shards
 
 
 def content_context(tenant: str, unified_number: str, data_item: str, version: int) -> bytes:
@@ -308,6 +315,8 @@ def produce(
     for _number, item in found:
         if type(item) is list:
             errors.add(item)
+            if not failed:
+                yield "failed", None  # the storing side may stop inserting now
             failed = True
             backlog.clear()
             continue
@@ -366,9 +375,9 @@ def merge_summaries(summaries: list[Summary], path: str, max_rows: int) -> Summa
         merged.data_items.update(summary.data_items)
         merged.error_count += summary.error_count
         errors.extend(zip(summary.error_lines, summary.errors, strict=True))
-    too_many = _too_many(path, max_rows)
-    if merged.imported > max_rows and all(text != too_many for _, text in errors):
-        errors.append((sys.maxsize, too_many))
+    # A worker past the limit on its own rows said so already (and stopped counting).
+    if merged.imported > max_rows and all(s.imported <= max_rows for s in summaries):
+        errors.append((sys.maxsize, _too_many(path, max_rows)))
         merged.error_count += 1
     errors.sort(key=lambda error: error[0])
     del errors[MAX_ERRORS:]
@@ -412,7 +421,7 @@ class Worker:
             except EOFError:
                 raise RuntimeError("the import worker ended without finishing") from None
             yield message
-            if message[0] != "rows":
+            if message[0] not in ("rows", "failed"):
                 return
 
     def fds(self) -> tuple[int, int]:
@@ -454,8 +463,11 @@ class Workers:
         self._pumps: list[threading.Thread] = []
 
     def send_setup(self, setup: Setup) -> None:
-        for worker in self._workers:
-            worker.send_setup(setup)
+        count = len(self._workers)
+        for shard, worker in enumerate(self._workers):
+            # Each worker gets the stored versions of its own people only.
+            latest = [row for row in setup.latest if shard_of(row[0], count) == shard]
+            worker.send_setup(replace(setup, latest=latest))
 
     def messages(self) -> Iterator[Message]:
         # One thread per pipe: each blocks reading its worker (the GIL is free meanwhile), so
@@ -468,23 +480,38 @@ class Workers:
         for pump in self._pumps:
             pump.start()
         summaries: list[Summary] = []
+        # Rows stop reaching the storing side once any worker found a bad line or all of them
+        # together passed the import's limit: the import fails, so they would only be rolled
+        # back (each worker sees only its own rows and lines).
+        forwarding, rows = True, 0
         while len(summaries) < len(self._workers):
             kind, payload = inbox.get()
             if kind == "end":
                 summaries.append(payload)
-                continue
-            yield kind, payload
-            if kind != "rows":
+            elif kind == "failed":
+                forwarding = False
+            elif kind == "rows":
+                rows += len(payload)
+                forwarding = forwarding and rows <= MAX_IMPORT_RECORDS
+                if forwarding:
+                    yield kind, payload
+            else:
+                yield kind, payload
                 return
         yield "end", merge_summaries(summaries, self._path, MAX_IMPORT_RECORDS)
 
     def _pump(self, worker: Worker, inbox: queue.Queue[Message]) -> None:
+        reason = "the import worker ended without finishing"
         try:
             for message in worker.messages():
                 self._put(inbox, message)
-        except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError):
-            # The worker died or its pipe was closed under us: the stream's crash.
-            self._put(inbox, ("crash", "the import worker ended without finishing"))
+                if message[0] not in ("rows", "failed"):
+                    return  # its end, or its own crash
+        except RuntimeError:
+            pass  # its pipe ended early: it died, or was killed
+        except Exception as error:  # any other failure to read it is the stream's crash too
+            reason = f"{reason} ({type(error).__name__})"
+        self._put(inbox, ("crash", reason))
 
     def _put(self, inbox: queue.Queue[Message], message: Message) -> None:
         """Hand ``message`` over, waiting for room until the storing side stops reading."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import re
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from datetime import date
 from typing import Any
@@ -39,6 +38,7 @@ from server.content import (
     value_violations,
 )
 from server.duplicates_file import KEYS, LineError, _record
+from server.duplicates_pipeline import shard_of
 
 # (unified_number, data_item, effective_from, effective_to, serialized content, flag)
 Row = tuple[str, str, date, date | None, bytes, bool]
@@ -209,12 +209,6 @@ def parse_line(text: str, path: str, number: int) -> Row | list[LineError] | Non
         return [LineError(path, number, "line", f"not JSON ({error.msg})")]
     found = _fast(data)
     return found if found is not None else _reference(data, path, number)
-
-
-def shard_of(unified_number: str, shards: int) -> int:
-    """Which of ``shards`` workers owns a person: every row of one person goes to the same
-    worker, so each works out versions and supersessions alone."""
-    return zlib.crc32(unified_number.encode()) % shards
 
 
 def _line_shard(stripped: str, shards: int) -> int | None:

@@ -283,7 +283,7 @@ async def query_person(
 
 
 def _subject_with_code(repo: Repository, scope: BusinessSystemScope, query: PersonQuery) -> str:
-    # One lean join (as the batch path reads subjects), not an ORM load per table.
+    # The batch path's driver-level reads of the subject, not ORM loads.
     subject = repo.subjects(scope.system, {query.address_number}).get(query.address_number)
     if subject is None:
         raise _no_subject(UNKNOWN_ADDRESS_NUMBER, "is not registered")

@@ -30,12 +30,13 @@ from linkage.keys import KeyRing
 from linkage.records.ledger import Ledger
 from linkage.v1 import common_pb2
 from server import content as content_checks
+from server import duplicates_pipeline as pipeline
 from server.cli_duplicates import main as duplicates_cli
 from server.duplicates import DuplicateStore, ImportBuffer, open_content
 from server.duplicates_bulk import BulkImport, InlineSource
 from server.duplicates_file import _record
-from server.duplicates_pipeline import MAX_ERRORS, Summary, merge_summaries
-from server.duplicates_rows import Row, parse_line, read_rows, record_row, shard_of
+from server.duplicates_pipeline import MAX_ERRORS, Summary, Workers, merge_summaries, shard_of
+from server.duplicates_rows import Row, parse_line, read_rows, record_row
 from server.records import Recorder
 from server.tenancy import Tenant
 
@@ -760,3 +761,64 @@ def test_an_import_killed_mid_way_stores_nothing_and_its_retry_stores_it_once(
     assert done.returncode == 0, done.stderr
     assert len(_stored(directory)) == 200_000
     assert not any(_alive(child) for child in children)  # the orphaned workers ended too
+
+
+class _FakeWorker:
+    """A worker's message stream as a list; ``fail`` is raised after the messages."""
+
+    def __init__(self, messages: list[tuple[str, Any]], fail: BaseException | None = None) -> None:
+        self._messages = messages
+        self._fail = fail
+
+    def send_setup(self, setup: Any) -> None:
+        pass
+
+    def messages(self) -> Iterator[tuple[str, Any]]:
+        yield from self._messages
+        if self._fail is not None:
+            raise self._fail
+
+    def end(self) -> None:
+        pass
+
+    def close(self, *, finished: bool = False) -> None:
+        pass
+
+
+def _drain(workers: list[_FakeWorker]) -> list[tuple[str, Any]]:
+    source = Workers(workers, "f")  # type: ignore[arg-type]
+    try:
+        return list(source.messages())
+    finally:
+        source.close()
+
+
+def test_a_worker_that_fails_in_any_way_crashes_the_stream_instead_of_hanging() -> None:
+    for failure in (MemoryError(), AttributeError("x"), RuntimeError("pipe ended")):
+        got = _drain([_FakeWorker([("rows", [1, 2])], failure), _FakeWorker([("end", Summary())])])
+        kinds = [kind for kind, _ in got]
+        assert kinds[-1] == "crash", failure
+        assert "the import worker ended without finishing" in got[-1][1]
+
+
+def test_rows_stop_reaching_the_store_once_any_worker_found_a_bad_line() -> None:
+    failed = _summary([(7, "f:7: x: bad")], 2)
+    got = _drain(
+        [_FakeWorker([("rows", [1, 2]), ("failed", None), ("rows", [3]), ("end", failed)])]
+    )
+    assert [kind for kind, _ in got] == ["rows", "end"]
+    assert got[-1][1].errors == ["f:7: x: bad"]
+
+
+def test_rows_stop_reaching_the_store_past_the_limit_of_all_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pipeline, "MAX_IMPORT_RECORDS", 5)
+    got = _drain(
+        [
+            _FakeWorker([("rows", [1, 2, 3]), ("end", _summary([], 3))]),
+            _FakeWorker([("rows", [4, 5, 6]), ("end", _summary([], 3))]),
+        ]
+    )
+    assert [kind for kind, _ in got] == ["rows", "end"]
+    assert got[-1][1].errors == ["f: an import holds at most 5 records"]
