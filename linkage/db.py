@@ -124,21 +124,12 @@ def probe_engine(url: str, *, connect_timeout: int | None = DEFAULT_CONNECT_TIME
     created: a probe of a file that was removed fails, rather than make an empty database."""
     parsed = make_url(url)
     database = parsed.database
+    options: dict[str, Any] = {"connect_args": postgres_connect_args(url, connect_timeout)}
     plain_file = parsed.drivername in ("sqlite", "sqlite+pysqlite") and not parsed.query
     if plain_file and database not in (None, "", ":memory:"):
         uri = f"file:{quote(str(database))}?mode=rw"
-        return create_engine(
-            url,
-            poolclass=NullPool,
-            hide_parameters=True,
-            creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False),
-        )
-    return create_engine(
-        url,
-        poolclass=NullPool,
-        hide_parameters=True,
-        connect_args=postgres_connect_args(url, connect_timeout),
-    )
+        options = {"creator": lambda: sqlite3.connect(uri, uri=True, check_same_thread=False)}
+    return create_engine(url, poolclass=NullPool, hide_parameters=True, **options)
 
 
 def ping(engine: Engine) -> None:

@@ -58,10 +58,8 @@ PIPELINE_MIN_BYTES = 1 << 20
 # Workers leave a core to the inserting process: on two cores one worker and the inserts
 # already share both (a second worker measured no faster there: ``make bench``); with more
 # cores the inserts are the bound and more workers keep them fed.
-DEFAULT_WORKERS = max(
-    1,
-    min(4, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1) - 1),
-)
+USABLE_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+DEFAULT_WORKERS = max(1, min(4, USABLE_CPUS - 1))
 MAX_WORKERS = 16
 
 

@@ -430,24 +430,25 @@ class Worker:
 
     def end(self) -> None:
         """Kill the worker if it still runs (its pipe then ends: a reader blocked on it returns)."""
-        if not self._reaped:
-            with contextlib.suppress(ChildProcessError, ProcessLookupError):
-                if os.waitpid(self.pid, os.WNOHANG) == (0, 0):
-                    os.kill(self.pid, signal.SIGKILL)  # our own child, by its pid
-                else:
-                    self._reaped = True
+        if self._reaped:
+            return
+        with contextlib.suppress(ChildProcessError, ProcessLookupError):
+            if os.waitpid(self.pid, os.WNOHANG) == (0, 0):
+                os.kill(self.pid, signal.SIGKILL)  # our own child, by its pid
+            else:
+                self._reaped = True
 
     def close(self, *, finished: bool = False) -> None:
         """Reap the worker: wait for it when it ``finished`` its stream, else end it first."""
         for stream in (self._setup_out, self._in):
             with contextlib.suppress(OSError):
                 stream.close()
+        if not finished:
+            self.end()
         if self._reaped:
             return
         self._reaped = True
         with contextlib.suppress(ChildProcessError):
-            if not finished and os.waitpid(self.pid, os.WNOHANG) == (0, 0):
-                os.kill(self.pid, signal.SIGKILL)  # our own child, by its pid
             os.waitpid(self.pid, 0)
 
 

@@ -74,20 +74,19 @@ def _record(
     at: datetime,
     reason: str,
 ) -> AccessRecord:
-    return AccessRecord(
-        occurred_at=at,
-        ledger=LEDGER_ID,
-        event=event,
-        actor_kind=actor_kind,
-        actor_id=actor,
-        procedure=facts.procedure,
+    return query_record(
+        event,
+        by_network=actor_kind is ActorKind.NETWORK,
+        actor=actor,
         requester=facts.requester,
         provider=facts.provider,
+        procedure=facts.procedure,
         data_items=facts.data_items,
-        subject=subject,
-        permit_id=facts.permit_id,
         query_id=facts.query_id,
+        permit_id=facts.permit_id,
+        subject=subject,
         outcome=outcome,
+        at=at,
         reason=reason,
     )
 
@@ -108,8 +107,8 @@ def query_record(
     at: datetime,
     reason: str = "",
 ) -> AccessRecord:
-    """``by_organization``/``by_network`` without the ``QueryFacts`` hop, for the hot path
-    (several records per query): the same record, field for field."""
+    """A record about one query (``by_organization``/``by_network`` come here too; the hot path
+    calls it directly, without building ``QueryFacts``)."""
     return AccessRecord(
         occurred_at=at,
         ledger=LEDGER_ID,

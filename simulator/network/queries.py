@@ -18,6 +18,7 @@ read answer content, or import grpc. Blocking work runs in worker threads.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -375,29 +376,17 @@ def _admission_records(
     records: list[AccessRecord] = []
     append = records.append
     requester = request.requester
-    record = ledger.query_record
     for d in decided:
         query = d.query
-        provider, procedure, items, query_id = (
-            query.provider,
-            query.procedure,
-            query.data_items,
-            query.query_id,
-        )
+        record = _query_record(requester, query, now)
         append(
             record(
                 RecordEvent.QUERY_REQUESTED,
                 by_network=False,
                 actor=requester,
-                requester=requester,
-                provider=provider,
-                procedure=procedure,
-                data_items=items,
-                query_id=query_id,
                 permit_id="",
                 subject=query.linkage_code,
                 outcome=Outcome.OK,
-                at=now,
             )
         )
         permit = d.permit
@@ -407,15 +396,9 @@ def _admission_records(
                     RecordEvent.PERMIT_ISSUED,
                     by_network=True,
                     actor="",
-                    requester=requester,
-                    provider=provider,
-                    procedure=procedure,
-                    data_items=items,
-                    query_id=query_id,
                     permit_id=permit.permit_id,
                     subject=permit.provider_linkage_code,
                     outcome=Outcome.OK,
-                    at=now,
                 )
             )
         else:
@@ -425,19 +408,28 @@ def _admission_records(
                     RecordEvent.QUERY_DENIED if denied else RecordEvent.FAILED,
                     by_network=True,
                     actor="",
-                    requester=requester,
-                    provider=provider,
-                    procedure=procedure,
-                    data_items=items,
-                    query_id=query_id,
                     permit_id="",
                     subject=query.linkage_code,  # before translation: the requester's code
                     outcome=Outcome.DENIED if denied else Outcome.FAILED,
-                    at=now,
                     reason=d.reason,
                 )
             )
     return records
+
+
+def _query_record(
+    requester: str, query: QueryRequest, now: datetime
+) -> Callable[..., AccessRecord]:
+    """``ledger.query_record`` with what every record of ``query`` says the same."""
+    return functools.partial(
+        ledger.query_record,
+        requester=requester,
+        provider=query.provider,
+        procedure=query.procedure,
+        data_items=query.data_items,
+        query_id=query.query_id,
+        at=now,
+    )
 
 
 def _route_record(
@@ -448,21 +440,14 @@ def _route_record(
     ``FAILED`` with the routing failure."""
     permit = decided.permit
     assert permit is not None
-    query = decided.query
     ok = result.answer_batch is not None
-    return ledger.query_record(
+    return _query_record(requester, decided.query, now)(
         RecordEvent.QUERY_ROUTED if ok else RecordEvent.FAILED,
         by_network=True,
         actor="",
-        requester=requester,
-        provider=query.provider,
-        procedure=query.procedure,
-        data_items=query.data_items,
-        query_id=query.query_id,
         permit_id=permit.permit_id,
         subject=permit.provider_linkage_code,
         outcome=Outcome.OK if ok else Outcome.FAILED,
-        at=now,
         reason="" if ok else result.failure,
     )
 
