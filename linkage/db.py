@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy import MetaData, create_engine, event, make_url, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -46,8 +46,10 @@ class Base(DeclarativeBase):
 
 
 def sqlite_url(path: Path) -> str:
-    """The SQLAlchemy URL of an SQLite file."""
-    return f"sqlite+pysqlite:///{path}"
+    """The SQLAlchemy URL of an SQLite file, escaped: a data directory may hold ``?``, ``#``,
+    ``%`` or ``@`` in its path, which a URL would otherwise read as its query or user."""
+    url = URL.create("sqlite+pysqlite", database=str(path))
+    return url.render_as_string(hide_password=False)
 
 
 def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:

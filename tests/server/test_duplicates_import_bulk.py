@@ -583,6 +583,15 @@ def test_dates_reach_the_database_as_the_orm_writes_them(tmp_path: Path) -> None
     assert date.fromisoformat("2027-03-31")  # the form SQLAlchemy's Date writes on SQLite
 
 
+def test_cli_imports_into_a_data_directory_whose_path_reads_like_a_url(tmp_path: Path) -> None:
+    directory = tmp_path / "platform?mode=ro#x%20y"
+    source = _fresh_platform(directory, [json.dumps(_line())])
+    done = _cli(directory, "import", str(source))
+    assert done.returncode == 0, done.stderr
+    assert _stored(directory) == [("U-1", "local_tax", 1, "2026-06-01", None, 1, 0)]
+    assert [p.name for p in tmp_path.iterdir()] == [directory.name]
+
+
 # --- several workers, each sealing its own people ----------------------------------------------
 
 
