@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "duplicates": ("server.cli_duplicates", "import, export and reconcile duplicates (副本)"),
     "ua": ("unified_address.cli", "staff operations of the unified address server (名寄せ)"),
     "staff": ("server.cli_staff", "create a tenant's first staff administrator (職員)"),
+    "keys": ("server.cli_keys", "rotate a tenant's signing key (publish, then use) and list keys"),
     "pki": ("linkage.pki", "create the local CA and certificates for mutual TLS"),
     "health": ("linkage.health", "check a server's gRPC health service (for probes)"),
     "bench": ("bench.run", "measure the gateway against the machine's own floor"),

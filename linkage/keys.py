@@ -6,7 +6,9 @@ Owns:
   key, generated together as one ``OrgKey`` generation with one key id, persisted in
   ``<directory>/<name>.keyring.json`` (0600, directory 0700). ``rotate()`` makes a new current
   generation and keeps the previous ones, so answers encrypted to, and signatures made with, an
-  old key still verify and decrypt until ``retire()`` drops it: rotation without downtime.
+  old key still verify and decrypt until ``retire()`` drops it: rotation without downtime. A
+  rotation that must be published first uses ``locked()``, ``pending()`` and ``promote()``;
+  a process that holds a ring sees another's rotation through ``refresh()``.
 * ``PublicKeys``: what an organization publishes to the network directory (key id, verify key,
   encryption public key), with a JSON-safe ``to_dict``/``from_dict``.
 * The owner-only file helpers the PKI and at-rest modules share: ``private_dir``,
@@ -23,6 +25,7 @@ Public API::
     class KeyRing:      load_or_create(directory, name) -> KeyRing; load(directory, name);
                         name, path, current, previous, keys; get(key_id) -> OrgKey;
                         rotate() -> OrgKey; retire(key_id) -> None; public_keys() -> list[...]
+                        locked(); pending() -> OrgKey; promote(key); refresh() -> KeyRing
     private_dir(path) -> Path
     write_private_file(path, data, *, mode=0o600) -> None
     read_private_file(path) -> bytes
@@ -238,6 +241,7 @@ class KeyRing:
         self.path = path
         self.name = name
         self._keys = keys  # current first, then previous from newest to oldest
+        self._stamp = _stamp(path)  # the file as read: ``refresh`` re-reads a changed one
 
     def __repr__(self) -> str:
         return f"KeyRing(name={self.name!r}, key_ids={[k.key_id for k in self._keys]!r})"
@@ -291,14 +295,50 @@ class KeyRing:
 
     def rotate(self) -> OrgKey:
         """Make a new current generation; the old ones stay until retired. Returns the new one."""
-        with exclusive_lock(self.path.parent / ".lock"):
-            # Re-read under the lock so a rotation made by another process is not overwritten.
-            keys = _read_keys(self.path) if self.path.exists() else self._keys
+        with self.locked():
             new = OrgKey.generate()
+            self.promote(new)
+        return new
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the ring's lock (across processes) through a change of several steps, such as
+        ``pending``, publishing, ``promote``."""
+        with exclusive_lock(self.path.parent / ".lock"):
+            yield
+
+    @property
+    def pending_path(self) -> Path:
+        return self.path.with_name(f"{self.name}.pending.json")
+
+    def pending(self) -> OrgKey:
+        """The next generation, made once and kept on disk (0600) until ``promote``: a rotation
+        cut short (process killed, network unreachable) is finished with the same key when run
+        again, so no key is ever published that no ring holds. Call inside ``locked``."""
+        if self.pending_path.exists():
+            return OrgKey._from_record(json.loads(read_private_file(self.pending_path)))
+        new = OrgKey.generate()
+        write_private_file(self.pending_path, json.dumps(new._to_record()).encode("utf-8"))
+        return new
+
+    def promote(self, new: OrgKey) -> None:
+        """Make ``new`` the current generation (nothing changes if it is already) and drop the
+        pending file. Call inside ``locked``."""
+        # Re-read under the lock so a rotation made by another process is not overwritten.
+        keys = _read_keys(self.path) if self.path.exists() else self._keys
+        if keys[0].key_id != new.key_id:
             keys = [new, *keys]
             _write_keys(self.path, self.name, keys)
-            self._keys = keys
-        return new
+        self._keys, self._stamp = keys, _stamp(self.path)
+        self.pending_path.unlink(missing_ok=True)
+
+    def refresh(self) -> KeyRing:
+        """Re-read the file if it changed since this ring read or wrote it (another process,
+        say ``linkage keys rotate``, rotated it); one ``stat`` when it did not. Returns self."""
+        stamp = _stamp(self.path)
+        if stamp != self._stamp and stamp is not None:
+            self._keys, self._stamp = _read_keys(self.path), stamp
+        return self
 
     def retire(self, kid: str) -> None:
         """Drop a previous generation for good; the current one cannot be retired."""
@@ -310,7 +350,16 @@ class KeyRing:
             if len(remaining) == len(keys):
                 raise KeyError(kid)
             _write_keys(self.path, self.name, remaining)
-            self._keys = remaining
+            self._keys, self._stamp = remaining, _stamp(self.path)
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells a rewritten file from the one read (files are replaced, never edited)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return info.st_ino, info.st_mtime_ns, info.st_size
 
 
 def _read_keys(path: Path) -> list[OrgKey]:

@@ -31,6 +31,7 @@ from linkage.errors import (
     Unavailable,
     remote_error,
 )
+from linkage.keys import PublicKeys
 from linkage.logs import get_logger
 from linkage.rpc import Security
 from linkage.v1 import common_pb2, network_pb2, network_pb2_grpc
@@ -140,6 +141,18 @@ class GrpcNetwork:
     async def organization(self, code: str) -> network_pb2.Organization:
         request = network_pb2.GetOrganizationRequest(name=f"organizations/{code}")
         response = await self._call(self._reader.GetOrganization(request, timeout=self._timeout))
+        return response.organization
+
+    async def rotate_signing_key(self, tenant: str, key: PublicKeys) -> network_pb2.Organization:
+        """Publish ``key`` as ``tenant``'s current signing key (idempotent at the network: a key
+        it already holds changes nothing); the directory entry as it now stands."""
+        request = network_pb2.RotateOrganizationKeysRequest(
+            name=f"organizations/{tenant}",
+            signing_key=common_pb2.PublicKey(key_id=key.key_id, key=key.verify_key),
+        )
+        response = await self._call(
+            self._stub(tenant).RotateOrganizationKeys(request, timeout=self._timeout)
+        )
         return response.organization
 
     async def close(self) -> None:

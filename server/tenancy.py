@@ -62,12 +62,13 @@ class Tenant:
 
     @property
     def signer(self) -> Signer:
-        """The current organization signing key (read each time: rotation may have happened)."""
-        current = self.keyring.current
+        """The current organization signing key, read each time: ``linkage keys rotate`` may
+        have rotated the ring's file since (one ``stat`` per call tells)."""
+        current = self.keyring.refresh().current
         return Signer(holder=self.code, key_id=current.key_id, key=current.signing_key)
 
     def public_keys(self) -> list[PublicKeys]:
-        return self.keyring.public_keys()
+        return self.keyring.refresh().public_keys()
 
 
 class Tenants:
