@@ -6,18 +6,21 @@ Owns, for the intermediate server (``server.staff``) and the unified address ser
 * password hashes: scrypt (stdlib ``hashlib.scrypt``) in the stored form
   ``scrypt$<n>$<r>$<p>$<salt b64>$<hash b64>`` (so the cost can be raised later: a hash made
   with older parameters still verifies, and ``needs_rehash`` says when to replace it at the next
-  successful sign-in), the constant-time comparison, and the rules a new password must meet.
-  Passwords are NFC-normalized before hashing, so the same password typed through different
-  input methods (full-width and composed kana alike) is the same password;
+  successful sign-in), the constant-time comparison, and the rules a new password must meet
+  (``password_problem``; as INVALID_ARGUMENT for a new account, ``check_new_account``, and for a
+  password change, ``check_password_change``). Passwords are NFC-normalized before hashing,
+  so the same password typed through different input methods (full-width and composed kana
+  alike) is the same password;
 * ``PasswordHasher``: hashing and checking off the event loop, a bounded number at once, with a
   dummy hash of the same cost for unknown user names (same work, same timing);
 * user names: the syntax, and the rule that an account names one person, never a post or a
   group (no shared accounts); the shape check of sign-in credentials (before any lookup);
-* session tokens: opaque random strings of which a database keeps only the sha256;
+* session tokens: opaque random strings of which a database keeps only the sha256 (and the
+  shape check of a presented one, before any lookup);
 * reading an initial password from standard input for an operator command.
 
 Each server keeps its own accounts, sessions and roles in its own database: only these
-mechanics are shared.
+mechanics are shared (the lockout and session rules are ``linkage.staffsessions``).
 
 Must never: store or log a password or a token, compare digests with ``==``, or accept stored
 parameters so large that verifying one would exhaust memory (a tampered row must not be a
@@ -146,6 +149,28 @@ def password_problem(password: str, *, username: str) -> str | None:
     return None
 
 
+def invalid_field(reason: str, field_name: str, description: str) -> InvalidArgument:
+    """INVALID_ARGUMENT with ``reason`` and one field violation."""
+    return InvalidArgument(
+        reason,
+        f"{field_name}: {description}",
+        violations=(FieldViolation(field_name, description),),
+    )
+
+
+def check_password_change(current: str, new: str, *, username: str) -> None:
+    """INVALID_ARGUMENT unless a password change may be tried: the current password given
+    (MISSING_PASSWORD), the new one strong enough (WEAK_PASSWORD) and different
+    (SAME_PASSWORD). Checked before the current password is: bad input counts no attempt."""
+    if not current or len(current) > MAX_LENGTH:
+        raise invalid_field("MISSING_PASSWORD", "current_password", "required")
+    problem = password_problem(new, username=username)
+    if problem is not None:
+        raise invalid_field("WEAK_PASSWORD", "new_password", problem)
+    if new == current:
+        raise invalid_field("SAME_PASSWORD", "new_password", "must differ from the current one")
+
+
 # --- hashing off the event loop ---------------------------------------------------------------
 
 _DUMMY_PASSWORD = "not-a-password-of-anyone"  # noqa: S105 (hashed to equalize timing only)
@@ -236,6 +261,27 @@ def personal_username_problem(username: str, organization: str) -> str | None:
     return None
 
 
+def check_new_account(
+    username: str, password: str, *, organization: str, password_field: str
+) -> None:
+    """INVALID_ARGUMENT unless ``username`` may name a new account of ``organization`` and
+    ``password`` may be its initial password (each problem a violation; the reason
+    INVALID_USERNAME when the user name is one of them, else WEAK_PASSWORD)."""
+    violations: list[FieldViolation] = []
+    problem = personal_username_problem(username, organization)
+    if problem is not None:
+        violations.append(FieldViolation("username", problem))
+    weak = password_problem(password, username=username)
+    if weak is not None:
+        violations.append(FieldViolation(password_field, weak))
+    if violations:
+        raise InvalidArgument(
+            "INVALID_USERNAME" if problem is not None else "WEAK_PASSWORD",
+            f"{violations[0].field}: {violations[0].description}",
+            violations=violations,
+        )
+
+
 def check_credentials_shape(username: str, password: str) -> None:
     """INVALID_ARGUMENT (INVALID_CREDENTIALS_FORMAT) unless the user name has the syntax and the
     password is 1 to ``MAX_LENGTH`` characters: checked before any lookup or hashing."""
@@ -262,6 +308,11 @@ MAX_TOKEN = 256
 def new_session_token() -> str:
     """A fresh opaque session token (256 random bits), shown once to the staff member."""
     return secrets.token_urlsafe(32)
+
+
+def token_shape_ok(token: str) -> bool:
+    """Whether ``token`` could be a session token at all (present, at most ``MAX_TOKEN``)."""
+    return 0 < len(token) <= MAX_TOKEN
 
 
 def token_digest(token: str) -> bytes:

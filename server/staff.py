@@ -10,6 +10,11 @@ tenant's ledger for every sign-in, sign-out, operation and refusal (actor STAFF,
 The console's tenant arrives already bound to its certificate (``staff-console.<code>``, see
 ``Tenants.for_staff_console``); a session works only from its own tenant's consoles.
 
+The rules shared with the unified address server (lockout, session expiry, the settings, the
+refusals' reasons) are ``linkage.staffsessions``; the credential mechanics (hashes, user names,
+tokens, password rules) are ``linkage.staffauth``. Tenancy, the SQL (``server.staff_store``),
+roles and access records are this module's own.
+
 Must never: store or log a password or a token, tell whether a user name exists, let a session
 act for another tenant, let a session with an initial password do anything but change it or sign
 out, or import grpc.
@@ -20,36 +25,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from linkage.errors import (
-    AlreadyExists,
-    FieldViolation,
-    InvalidArgument,
-    LinkageError,
-    PermissionDenied,
-    ResourceExhausted,
-    Unauthenticated,
-)
+from linkage import staffsessions
+from linkage.errors import AlreadyExists, InvalidArgument, LinkageError, PermissionDenied
 from linkage.logs import get_logger
 from linkage.records.model import AccessRecord, ActorKind, Outcome, RecordEvent
 from linkage.staffauth import (
-    MAX_LENGTH,
-    MAX_TOKEN,
     PasswordHasher,
-    ScryptParams,
     check_credentials_shape,
+    check_new_account,
+    check_password_change,
     hash_password,
+    invalid_field,
     needs_rehash,
     new_session_token,
-    password_problem,
-    personal_username_problem,
     token_digest,
+    token_shape_ok,
 )
+from linkage.staffsessions import SignedIn as SignedIn
+from linkage.staffsessions import StaffSettings as StaffSettings
 from server import repository as repo
 from server import staff_store as store
 from server.models import StaffAccountRow, StaffSessionRow, StaffSignInFailureRow
@@ -70,28 +69,6 @@ class Role(StrEnum):
     OPERATOR = "OPERATOR"
     REVIEWER = "REVIEWER"
     ADMINISTRATOR = "ADMINISTRATOR"
-
-
-@dataclass(frozen=True)
-class StaffSettings:
-    """Session lifetimes, lockout and the password hash cost of a platform."""
-
-    session_idle_timeout: timedelta = timedelta(minutes=30)
-    session_lifetime: timedelta = timedelta(hours=8)
-    max_failed_sign_ins: int = 5
-    lockout: timedelta = timedelta(minutes=15)
-    max_concurrent_hashes: int = 4
-    password_params: ScryptParams = field(default_factory=ScryptParams)
-
-
-@dataclass(frozen=True, slots=True)
-class SignedIn:
-    """A new session: the token (shown once, never stored) and what it allows."""
-
-    token: str
-    expires_at: datetime
-    password_change_required: bool
-    roles: tuple[Role, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,24 +97,10 @@ def parse_roles(roles: Iterable[str | Role]) -> frozenset[Role]:
         try:
             parsed.add(Role(value))
         except ValueError:
-            raise _invalid("INVALID_ROLE", "roles", "unknown role") from None
+            raise invalid_field("INVALID_ROLE", "roles", "unknown role") from None
     if not parsed:
-        raise _invalid("INVALID_ROLE", "roles", "at least one role")
+        raise invalid_field("INVALID_ROLE", "roles", "at least one role")
     return frozenset(parsed)
-
-
-def _invalid(reason: str, field_name: str, description: str) -> InvalidArgument:
-    return InvalidArgument(
-        reason,
-        f"{field_name}: {description}",
-        violations=(FieldViolation(field_name, description),),
-    )
-
-
-def _check_new_password(password: str, username: str, field_name: str) -> None:
-    problem = password_problem(password, username=username)
-    if problem is not None:
-        raise _invalid("WEAK_PASSWORD", field_name, problem)
 
 
 def _roles_text(roles: Iterable[Role]) -> str:
@@ -258,19 +221,12 @@ class Staff:
     def _check_account(
         self, tenant: str, username: str, password: str, roles: Iterable[str | Role]
     ) -> frozenset[Role]:
-        violations: list[FieldViolation] = []
-        problem = personal_username_problem(username, tenant)
-        if problem is not None:
-            violations.append(FieldViolation("username", problem))
-        weak = password_problem(password, username=username)
-        if weak is not None:
-            violations.append(FieldViolation("initial_password", weak))
-        if violations:
-            raise InvalidArgument(
-                "INVALID_USERNAME" if problem is not None else "WEAK_PASSWORD",
-                f"{violations[0].field}: {violations[0].description}",
-                violations=violations,
-            )
+        check_new_account(
+            username,
+            password,
+            organization=tenant,
+            password_field="initial_password",  # noqa: S106 (a field name)
+        )
         return parse_roles(roles)
 
     def _insert_account(
@@ -325,7 +281,7 @@ class Staff:
 
     # --- signing in ------------------------------------------------------------------------------
 
-    async def sign_in(self, tenant: str, username: str, password: str) -> SignedIn:
+    async def sign_in(self, tenant: str, username: str, password: str) -> SignedIn[Role]:
         """A new session, or UNAUTHENTICATED (unknown user and wrong password alike).
 
         The attempt is counted before the hash is checked, in one atomic write of the failure
@@ -357,14 +313,14 @@ class Staff:
             count = store.note_failure(
                 session, tenant, username, at=now, window_start=now - settings.lockout
             )
-            until = store.locked_until(session, tenant, username)
-            if until is None or until <= now:
-                until = now + settings.lockout if count > settings.max_failed_sign_ins else None
+            until = staffsessions.lock_after_attempt(
+                settings, now, count, store.locked_until(session, tenant, username)
+            )
             if until is None:
                 account = store.account(session, tenant, username)
                 return None if account is None else account.password_hash
             store.lock(session, tenant, username, until)  # the count starts afresh after it
-            locked = _locked(until, now)
+            locked = staffsessions.sign_in_locked(until, now)
             self._recorder.append(
                 session, self._denied(tenant, now, username, operation, locked).records
             )
@@ -380,7 +336,7 @@ class Staff:
 
     def _after_sign_in(
         self, tenant: str, username: str, matched: bool, stored: str | None, rehash: str | None
-    ) -> SignedIn | LinkageError:
+    ) -> SignedIn[Role] | LinkageError:
         now = self._clock()
         with repo.tenant_unit_of_work(self._sessions, tenant) as session:
             if not matched:
@@ -391,7 +347,7 @@ class Staff:
             failure = self._failure_row(session, tenant, username)
             until = None if failure is None else failure.locked_until
             if until is not None and until > now:  # locked while the hash was checked
-                locked = _locked(until, now)
+                locked = staffsessions.sign_in_locked(until, now)
                 self._recorder.append(
                     session, self._denied(tenant, now, username, SIGN_IN, locked).records
                 )
@@ -434,12 +390,14 @@ class Staff:
             store.note_failure(
                 session, tenant, username, at=now, window_start=now - settings.lockout
             )
-        elif (
-            failure.locked_until is None or failure.locked_until <= now
-        ) and failure.failures >= settings.max_failed_sign_ins:
-            store.lock(session, tenant, username, now + settings.lockout)
-            log.warning("staff_sign_in_locked", tenant=tenant)
-        error = Unauthenticated("INVALID_CREDENTIALS", "unknown user name or wrong password")
+        else:
+            until = staffsessions.lock_after_failure(
+                settings, now, failure.failures, failure.locked_until
+            )
+            if until is not None:
+                store.lock(session, tenant, username, until)
+                log.warning("staff_sign_in_locked", tenant=tenant)
+        error = staffsessions.invalid_credentials()
         self._recorder.append(
             session, self._denied(tenant, now, username, operation, error).records
         )
@@ -474,18 +432,15 @@ class Staff:
         now: datetime,
     ) -> Actor | _Denial:
         """Who holds the session, or why not: tenant, expiry, password change, role."""
-        if not token or len(token) > MAX_TOKEN:
-            return self._denied(
-                tenant, now, "", operation, Unauthenticated("NO_SESSION", "sign in first")
-            )
+        if not token_shape_ok(token):
+            return self._denied(tenant, now, "", operation, staffsessions.no_session())
         digest = token_digest(token)
         found = store.session_with_account(session, digest)
         if found is None:
             found = self._session_of_another_tenant(digest)
         error: LinkageError
         if found is None:
-            error = Unauthenticated("INVALID_SESSION", "the session is unknown or has ended")
-            return self._denied(tenant, now, "", operation, error)
+            return self._denied(tenant, now, "", operation, staffsessions.unknown_session())
         row, account = found
         if row.tenant != tenant:
             error = PermissionDenied(
@@ -494,14 +449,13 @@ class Staff:
             theirs = self._denied(row.tenant, now, row.username, operation, error)
             ours = self._denied(tenant, now, row.username, operation, error)
             return _Denial(error, theirs.records + ours.records)
-        idle_end = row.last_used_at + self.settings.session_idle_timeout
-        if account is None or now >= row.expires_at or now >= idle_end:
-            error = Unauthenticated("SESSION_EXPIRED", "the session has expired; sign in again")
+        if account is None or staffsessions.session_ended(
+            self.settings, now, last_used_at=row.last_used_at, expires_at=row.expires_at
+        ):
+            error = staffsessions.session_expired()
             return self._denied(tenant, now, row.username, operation, error)
         if account.must_change_password and not changing:
-            error = PermissionDenied(
-                "PASSWORD_CHANGE_REQUIRED", "change the initial password first"
-            )
+            error = staffsessions.password_change_required()
             return self._denied(tenant, now, row.username, operation, error)
         roles = _roles_of(account.roles)
         if role is not None and role not in roles:
@@ -591,11 +545,7 @@ class Staff:
     async def change_password(self, tenant: str, token: str, current: str, new: str) -> None:
         """Replace the password (ending the user's other sessions); clears the forced change."""
         actor = await asyncio.to_thread(self._authorize, tenant, token, CHANGE_PASSWORD, None, True)
-        if not current or len(current) > MAX_LENGTH:
-            raise _invalid("MISSING_PASSWORD", "current_password", "required")
-        _check_new_password(new, actor.username, "new_password")
-        if new == current:
-            raise _invalid("SAME_PASSWORD", "new_password", "must differ from the current one")
+        check_password_change(current, new, username=actor.username)
         stored = await asyncio.to_thread(
             self._begin_attempt, tenant, actor.username, CHANGE_PASSWORD
         )
@@ -642,12 +592,3 @@ class Staff:
         ended = store.purge_sessions(session, now, idle_cutoff, tenant)
         store.purge_failures(session, now, now - self.settings.lockout, tenant)
         return ended
-
-
-def _locked(until: datetime, now: datetime) -> ResourceExhausted:
-    seconds = max(1, int((until - now).total_seconds()))
-    return ResourceExhausted(
-        "SIGN_IN_LOCKED",
-        "too many failed sign-ins; try again later",
-        metadata={"retryAfterSeconds": str(seconds)},
-    )

@@ -5,9 +5,11 @@ person per user name, scrypt hashes, roles), sign-in with lockout after repeated
 unknown user name and a wrong password look the same: same error, same work, same lockout),
 sessions (an opaque token; the database keeps only its sha256, so replicas share sessions; idle
 and absolute expiry), the forced change of an initial password, and the role check of every
-operation. The mechanics (hashes, user-name rules, tokens) are ``linkage.staffauth``, shared
-with the intermediate server's ``server.staff``; the accounts are not shared: each server has
-its own staff, roles and ledger.
+operation. The mechanics (hashes, user-name and password rules, tokens) are ``linkage.staffauth``
+and the rules (lockout, session expiry, the settings, the refusals' reasons) are
+``linkage.staffsessions``, both shared with the intermediate server's ``server.staff``; the
+accounts are not shared: each server has its own staff, roles, tables (the SQL is here) and
+ledger.
 
 Roles (``Role``), each a fixed set of operations, deny by default:
 
@@ -29,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -39,32 +41,32 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from linkage import staffsessions
 from linkage.db import unit_of_work
 from linkage.errors import (
     AlreadyExists,
-    FieldViolation,
     InvalidArgument,
     LinkageError,
     NotFound,
     PermissionDenied,
-    ResourceExhausted,
     Unauthenticated,
 )
 from linkage.logs import get_logger
 from linkage.records.model import AccessRecord, ActorKind, Outcome, RecordEvent
 from linkage.staffauth import (
-    MAX_LENGTH,
-    MAX_TOKEN,
     PasswordHasher,
-    ScryptParams,
     check_credentials_shape,
+    check_new_account,
+    check_password_change,
     hash_password,
+    invalid_field,
     needs_rehash,
     new_session_token,
-    password_problem,
-    personal_username_problem,
     token_digest,
+    token_shape_ok,
 )
+from linkage.staffsessions import SignedIn
+from linkage.staffsessions import StaffSettings as _SharedSettings
 from unified_address.audit import Actor, Audit
 from unified_address.models import StaffAccount, StaffSession, StaffSignInFailure
 from unified_address.repository import Repository
@@ -109,27 +111,12 @@ def console_identity(organization: str) -> str:
 
 
 @dataclass(frozen=True)
-class StaffSettings:
-    """Session lifetimes, lockout, the password hash cost and the purge interval."""
+class StaffSettings(_SharedSettings):
+    """Session lifetimes, lockout, the password hash cost (``linkage.staffsessions``) and the
+    purge interval."""
 
-    session_idle_timeout: timedelta = timedelta(minutes=30)
-    session_lifetime: timedelta = timedelta(hours=8)
-    max_failed_sign_ins: int = 5
-    lockout: timedelta = timedelta(minutes=15)
-    max_concurrent_hashes: int = 4
-    password_params: ScryptParams = field(default_factory=ScryptParams)
     # How often ended sessions and stale failure rows are deleted (None: the app never does).
     purge_interval: timedelta | None = timedelta(minutes=10)
-
-
-@dataclass(frozen=True, slots=True)
-class SignedIn:
-    """A new session: the token (shown once, never stored) and what it allows."""
-
-    token: str
-    expires_at: datetime
-    password_change_required: bool
-    roles: tuple[Role, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,23 +134,6 @@ class _Denial:
     username: str
 
 
-def _invalid(reason: str, field_name: str, description: str) -> InvalidArgument:
-    return InvalidArgument(
-        reason,
-        f"{field_name}: {description}",
-        violations=(FieldViolation(field_name, description),),
-    )
-
-
-def _locked(until: datetime, now: datetime) -> ResourceExhausted:
-    seconds = max(1, int((until - now).total_seconds()))
-    return ResourceExhausted(
-        "SIGN_IN_LOCKED",
-        "too many failed sign-ins; try again later",
-        metadata={"retryAfterSeconds": str(seconds)},
-    )
-
-
 def parse_roles(roles: Iterable[str | Role]) -> frozenset[Role]:
     """Roles by name; INVALID_ARGUMENT when none is given or one is unknown."""
     parsed: set[Role] = set()
@@ -171,9 +141,9 @@ def parse_roles(roles: Iterable[str | Role]) -> frozenset[Role]:
         try:
             parsed.add(Role(value))
         except ValueError:
-            raise _invalid("INVALID_ROLE", "roles", f"unknown role {value!r}") from None
+            raise invalid_field("INVALID_ROLE", "roles", f"unknown role {value!r}") from None
     if not parsed:
-        raise _invalid("INVALID_ROLE", "roles", "at least one role")
+        raise invalid_field("INVALID_ROLE", "roles", "at least one role")
     return frozenset(parsed)
 
 
@@ -288,19 +258,12 @@ class StaffAccounts:
         must_change: bool = True,
     ) -> str:
         """A new account (blocking: the CLI); ALREADY_EXISTS when the name is taken."""
-        violations: list[FieldViolation] = []
-        problem = personal_username_problem(username, self.organization)
-        if problem is not None:
-            violations.append(FieldViolation("username", problem))
-        weak = password_problem(password, username=username)
-        if weak is not None:
-            violations.append(FieldViolation("password", weak))
-        if violations:
-            raise InvalidArgument(
-                "INVALID_USERNAME" if problem is not None else "WEAK_PASSWORD",
-                f"{violations[0].field}: {violations[0].description}",
-                violations=violations,
-            )
+        check_new_account(
+            username,
+            password,
+            organization=self.organization,
+            password_field="password",  # noqa: S106 (a field name)
+        )
         granted = parse_roles(roles)
         hashed = hash_password(password, self.settings.password_params)
         now = self._clock()
@@ -358,7 +321,7 @@ class StaffAccounts:
 
     # --- signing in ------------------------------------------------------------------------
 
-    async def sign_in(self, username: str, password: str) -> SignedIn:
+    async def sign_in(self, username: str, password: str) -> SignedIn[Role]:
         """A new session, or UNAUTHENTICATED (unknown user and wrong password alike).
 
         The attempt is counted before the hash is checked, in one atomic write of the failure
@@ -385,7 +348,8 @@ class StaffAccounts:
         self, session: Session, username: str, operation: str
     ) -> str | LinkageError | None:
         """Count one attempt (atomically, before any hash is checked); the stored hash (None
-        for an unknown user), or the lock (recorded) while locked or at the limit."""
+        for an unknown user), or the lock (recorded) while locked or at the limit. The lock is
+        decided as ``linkage.staffsessions.lock_after_attempt`` decides it, inside the upsert."""
         now = self._clock()
         settings = self.settings
         table = StaffSignInFailure.__table__
@@ -414,7 +378,7 @@ class StaffAccounts:
         ).one()
         locked_until: datetime | None = row[0]
         if locked_until is not None and locked_until > now:
-            error = _locked(locked_until, now)
+            error = staffsessions.sign_in_locked(locked_until, now)
             self._deny(session, _Denial(error, username), operation)
             return error
         account = session.get(StaffAccount, username)
@@ -436,14 +400,14 @@ class StaffAccounts:
         matched: bool,
         stored: str | None,
         rehash: str | None,
-    ) -> SignedIn | LinkageError:
+    ) -> SignedIn[Role] | LinkageError:
         now = self._clock()
         account = session.get(StaffAccount, username) if matched else None
         if account is None:  # wrong password, unknown user, or deleted meanwhile
             return self._count_failure(session, username, now, SIGN_IN)
         failure = self._failure_row(session, username)
         if failure is not None and failure.locked_until is not None and failure.locked_until > now:
-            error = _locked(failure.locked_until, now)
+            error = staffsessions.sign_in_locked(failure.locked_until, now)
             self._deny(session, _Denial(error, username), SIGN_IN)
             return error
         session.execute(delete(StaffSignInFailure).where(StaffSignInFailure.username == username))
@@ -482,12 +446,14 @@ class StaffAccounts:
                     set_={"failures": c.failures + 1, "last_failure_at": now},
                 )
             )
-        elif (
-            failure.locked_until is None or failure.locked_until <= now
-        ) and failure.failures >= settings.max_failed_sign_ins:
-            failure.locked_until = now + settings.lockout
-            log.warning("ua_staff_sign_in_locked")
-        error = Unauthenticated("INVALID_CREDENTIALS", "unknown user name or wrong password")
+        else:
+            until = staffsessions.lock_after_failure(
+                settings, now, failure.failures, failure.locked_until
+            )
+            if until is not None:
+                failure.locked_until = until
+                log.warning("ua_staff_sign_in_locked")
+        error = staffsessions.invalid_credentials()
         self._deny(session, _Denial(error, username), operation)
         return error
 
@@ -503,24 +469,20 @@ class StaffAccounts:
     ) -> StaffMember | _Denial:
         """Who holds the session and may act, or why not: expiry, password change, role."""
         now = self._clock()
-        if not token or len(token) > MAX_TOKEN:
-            return _Denial(Unauthenticated("NO_SESSION", "sign in first"), "")
+        if not token_shape_ok(token):
+            return _Denial(staffsessions.no_session(), "")
         digest = token_digest(token)
         row = session.get(StaffSession, digest)
         account = None if row is None else session.get(StaffAccount, row.username)
         error: LinkageError
         if row is None:
-            error = Unauthenticated("INVALID_SESSION", "the session is unknown or has ended")
-            return _Denial(error, "")
-        idle_end = row.last_used_at + self.settings.session_idle_timeout
-        if account is None or now >= row.expires_at or now >= idle_end:
-            error = Unauthenticated("SESSION_EXPIRED", "the session has expired; sign in again")
-            return _Denial(error, row.username)
+            return _Denial(staffsessions.unknown_session(), "")
+        if account is None or staffsessions.session_ended(
+            self.settings, now, last_used_at=row.last_used_at, expires_at=row.expires_at
+        ):
+            return _Denial(staffsessions.session_expired(), row.username)
         if account.must_change_password and not changing:
-            error = PermissionDenied(
-                "PASSWORD_CHANGE_REQUIRED", "change the initial password first"
-            )
-            return _Denial(error, row.username)
+            return _Denial(staffsessions.password_change_required(), row.username)
         roles = _roles_of(account.roles)
         if allowed is not None and not roles & allowed:
             needed = _roles_text(allowed)
@@ -636,13 +598,7 @@ class StaffAccounts:
         member = await self._run(check)
         if isinstance(member, _Denial):
             raise member.error
-        if not current or len(current) > MAX_LENGTH:
-            raise _invalid("MISSING_PASSWORD", "current_password", "required")
-        problem = password_problem(new, username=member.username)
-        if problem is not None:
-            raise _invalid("WEAK_PASSWORD", "new_password", problem)
-        if new == current:
-            raise _invalid("SAME_PASSWORD", "new_password", "must differ from the current one")
+        check_password_change(current, new, username=member.username)
         stored = await self._run(lambda s: self._begin_attempt(s, member.username, CHANGE_PASSWORD))
         if isinstance(stored, LinkageError):
             raise stored
