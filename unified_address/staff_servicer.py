@@ -30,6 +30,7 @@ from unified_address.audit import Actor
 from unified_address.models import CodeState
 from unified_address.runtime import Runtime
 from unified_address.staff_accounts import READ_ROLES, WRITE_ROLES, Role, StaffAccounts
+from unified_address.vault import parse_individual_number
 
 __all__ = ["UnifiedAddressStaffServicer", "bearer_token"]
 
@@ -85,6 +86,13 @@ class _Violations:
 
     def note(self, value: str, field: str = "note") -> None:
         self.check(len(value) <= MAX_NOTE and value.isprintable(), field, "printable, <= 400")
+
+    def individual_number(self, value: str) -> None:
+        """Length, digits and check digit; the description never holds the value."""
+        try:
+            parse_individual_number(value)
+        except InvalidArgument as error:
+            self.items.extend(error.violations)
 
     def link(self, link: pb.AddressLink, field: str) -> None:
         self.match(_SYSTEM, link.system, f"{field}.system")
@@ -184,7 +192,10 @@ class UnifiedAddressStaffServicer(pb_grpc.UnifiedAddressStaffServiceServicer):
             v.match(_UNIFIED_NUMBER, request.unified_number, "unified_number")
         if by_address:
             v.link(request.address, "address")
-        v.check(bool(request.unified_number) or by_address, "unified_number", "or address")
+        if request.individual_number:
+            v.individual_number(request.individual_number)
+        given = request.unified_number or by_address or request.individual_number
+        v.check(bool(given), "unified_number", "or address, or individual_number")
         v.raise_if_any()
         found = await self._desk(
             context,
@@ -196,6 +207,7 @@ class UnifiedAddressStaffServicer(pb_grpc.UnifiedAddressStaffServiceServicer):
                 unified_number=request.unified_number,
                 system=request.address.system,
                 address_number=request.address.address_number,
+                individual_number=request.individual_number,
             ),
         )
         return pb.SearchPersonsResponse(persons=[_person(view) for view in found])

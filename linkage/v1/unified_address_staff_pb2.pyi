@@ -337,8 +337,14 @@ class SearchPersonsRequest(_message.Message):
 
     UNIFIED_NUMBER_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
+    INDIVIDUAL_NUMBER_FIELD_NUMBER: _builtins.int
     unified_number: _builtins.str
     """A unified number."""
+    individual_number: _builtins.str
+    """An individual number (個人番号, 12 digits with its check digit), compared by blind index:
+    the person who holds it. Never echoed: responses carry only has_individual_number, and
+    the record of the search names the person found, not the number asked for.
+    """
     @_builtins.property
     def address(self) -> Global___AddressLink:
         """A business system's address number (system and address_number both set)."""
@@ -348,10 +354,11 @@ class SearchPersonsRequest(_message.Message):
         *,
         unified_number: _builtins.str = ...,
         address: Global___AddressLink | None = ...,
+        individual_number: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["address", b"address"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "unified_number", b"unified_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "individual_number", b"individual_number", "unified_number", b"unified_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

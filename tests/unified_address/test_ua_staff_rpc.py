@@ -518,6 +518,59 @@ async def test_no_staff_response_carries_an_individual_number(
         assert number not in str(response)
 
 
+async def test_a_viewer_finds_a_person_by_individual_number_and_the_record_names_only_the_person(
+    app: App,
+    config: Config,
+    console: StaffStub,
+    system: Callable[[str], Stub],
+    sign_in: SignIn,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    holder, other = individual_numbers(2, seed=95)
+    registered = await system("kokuho").RegisterPerson(
+        unified_address_pb2.RegisterPersonRequest(address_number="K-9", individual_number=holder)
+    )
+    viewer = await sign_in("tanaka")
+
+    found = await console.SearchPersons(
+        pb.SearchPersonsRequest(individual_number=holder), metadata=viewer
+    )
+    nobody = await console.SearchPersons(
+        pb.SearchPersonsRequest(individual_number=other), metadata=viewer
+    )
+
+    assert [view.unified_number for view in found.persons] == [registered.unified_number]
+    assert found.persons[0].has_individual_number
+    assert not nobody.persons
+    searches = [r for r in staff_records(config) if r.reason == "SEARCH"]
+    assert [(r.actor_id, r.subject) for r in searches] == [
+        ("tanaka", registered.unified_number),
+        ("tanaka", ""),
+    ]
+    logged = "".join(capfd.readouterr())
+    for number in (holder, other):
+        assert number.encode() not in found.SerializeToString()
+        assert all(number not in str(r) for r in read_records(config.database_url))
+        assert number not in logged
+
+
+async def test_a_search_by_a_mistyped_individual_number_names_the_field_not_the_value(
+    app: App, console: StaffStub, sign_in: SignIn
+) -> None:
+    (number,) = individual_numbers(1, seed=96)
+    mistyped = number[:-1] + str((int(number[-1]) + 1) % 10)  # the check digit is wrong
+    viewer = await sign_in("tanaka")
+
+    error = await failure(
+        console.SearchPersons(pb.SearchPersonsRequest(individual_number=mistyped), metadata=viewer)
+    )
+
+    assert (error.code, error.reason) == ("INVALID_ARGUMENT", "INVALID_REQUEST")
+    assert [v.field for v in error.violations] == ["individual_number"]
+    assert mistyped not in error.message
+    assert all(mistyped not in v.description for v in error.violations)
+
+
 # --- operator commands and the retention job -------------------------------------------------
 
 
