@@ -247,10 +247,10 @@ def _dispatch(s: _Session) -> int:
     if command == "retry":
         return _retry(s)
     if command == "waiting":
-        for link in s.desk_run(lambda desk: staff.waiting(desk, args.limit)):
+        for link in s.desk_run(lambda desk: staff.waiting(desk, args.limit)).items:
             print(f"{link.system}:{link.address_number} since {link.registered_at:%Y-%m-%d}")
     elif command == "failures":
-        for view in s.desk_run(lambda desk: staff.failures(desk, args.limit)):
+        for view in s.desk_run(lambda desk: staff.failures(desk, args.limit)).items:
             _print_person(view)
     elif command == "link":
         system, address_number = args.address

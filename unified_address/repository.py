@@ -16,11 +16,15 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import ColumnElement, Table, and_, bindparam, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from linkage import sqlfast
 from unified_address.models import CodeState, LinkChange, Person, PersonLink, RelayedQuery
+
+# Where a page of a staff list ends: the sort key of its last row (the next page starts after).
+FailurePosition = tuple[datetime, str]  # (code_requested_at, unified_number)
+WaitingPosition = tuple[datetime, str, str]  # (registered_at, system, address_number)
 
 __all__ = ["Repository"]
 
@@ -154,13 +158,15 @@ class Repository:
             )
             self.session.execute(stmt, rows)
 
-    def failures(self, limit: int) -> list[Person]:
-        stmt = (
-            select(Person)
-            .where(Person.code_state == CodeState.FAILED, Person.merged_into.is_(None))
-            .order_by(Person.code_requested_at, Person.unified_number)
-            .limit(limit)
+    def failures(self, limit: int, after: FailurePosition | None = None) -> list[Person]:
+        """Persons whose code request failed, oldest request first, after a keyset position."""
+        key = tuple_(Person.code_requested_at, Person.unified_number)
+        stmt = select(Person).where(
+            Person.code_state == CodeState.FAILED, Person.merged_into.is_(None)
         )
+        if after is not None:
+            stmt = stmt.where(key > tuple_(*after))
+        stmt = stmt.order_by(Person.code_requested_at, Person.unified_number).limit(limit)
         return list(self.session.scalars(stmt))
 
     # --- address links ---------------------------------------------------------------------
@@ -208,15 +214,14 @@ class Repository:
         )
         return list(self.session.scalars(stmt))
 
-    def waiting_links(self, limit: int) -> list[PersonLink]:
-        """Address numbers waiting for a manual link, oldest first."""
-        stmt = (
-            select(PersonLink)
-            .where(PersonLink.unified_number.is_(None))
-            .order_by(PersonLink.registered_at, PersonLink.system, PersonLink.address_number)
-            .limit(limit)
-        )
-        return list(self.session.scalars(stmt))
+    def waiting_links(self, limit: int, after: WaitingPosition | None = None) -> list[PersonLink]:
+        """Address numbers waiting for a manual link, oldest first, after a keyset position."""
+        key = tuple_(PersonLink.registered_at, PersonLink.system, PersonLink.address_number)
+        stmt = select(PersonLink).where(PersonLink.unified_number.is_(None))
+        if after is not None:
+            stmt = stmt.where(key > tuple_(*after))
+        stmt = stmt.order_by(PersonLink.registered_at, PersonLink.system, PersonLink.address_number)
+        return list(self.session.scalars(stmt.limit(limit)))
 
     # --- link history ----------------------------------------------------------------------
 

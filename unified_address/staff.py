@@ -26,18 +26,20 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
 
 from linkage.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from unified_address.audit import Audit
 from unified_address.matching import new_unified_number
 from unified_address.models import CodeState, LinkChange, LinkOperation, Person, PersonLink
-from unified_address.repository import Repository
+from unified_address.repository import FailurePosition, Repository, WaitingPosition
 from unified_address.vault import NumberVault, parse_individual_number
 
 __all__ = [
     "Desk",
     "LinkView",
+    "Page",
     "PersonView",
     "failures",
     "link_manually",
@@ -47,6 +49,10 @@ __all__ = [
     "undo",
     "waiting",
 ]
+
+_Item = TypeVar("_Item")
+_Position = TypeVar("_Position")
+_NEVER = datetime.min.replace(tzinfo=UTC)  # a failed request always has its time: defensive
 
 _STAFF_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
@@ -83,6 +89,15 @@ class PersonView:
     merged_into: str | None
     links: tuple[tuple[str, str], ...]
     history: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[_Item, _Position]):
+    """One page of a staff list, oldest first, and the position the next page starts after
+    (None: this page is the last)."""
+
+    items: list[_Item]
+    next_after: _Position | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,18 +138,32 @@ def search(
     return [_view(desk.repo, person, with_history=True) for person in unique.values()]
 
 
-def failures(desk: Desk, limit: int = 100) -> list[PersonView]:
-    """Persons whose linkage-code request failed, oldest first."""
-    people = desk.repo.failures(limit)
-    desk.record("LIST_FAILURES", (p.unified_number for p in people))
-    return [_view(desk.repo, person) for person in people]
+def failures(
+    desk: Desk, limit: int = 100, after: FailurePosition | None = None
+) -> Page[PersonView, FailurePosition]:
+    """Persons whose linkage-code request failed, oldest first, from after ``after``; only the
+    page's people are recorded as seen."""
+    people = desk.repo.failures(limit + 1, after)  # one more tells whether a next page exists
+    page = people[:limit]
+    desk.record("LIST_FAILURES", (p.unified_number for p in page))
+    last = page[-1] if len(people) > limit else None
+    return Page(
+        [_view(desk.repo, person) for person in page],
+        None if last is None else (last.code_requested_at or _NEVER, last.unified_number),
+    )
 
 
-def waiting(desk: Desk, limit: int = 100) -> list[LinkView]:
-    """Address numbers waiting for a manual link, oldest first."""
-    links = desk.repo.waiting_links(limit)
+def waiting(
+    desk: Desk, limit: int = 100, after: WaitingPosition | None = None
+) -> Page[LinkView, WaitingPosition]:
+    """Address numbers waiting for a manual link, oldest first, from after ``after``."""
+    links = desk.repo.waiting_links(limit + 1, after)  # one more tells whether a next page exists
     desk.record("LIST_WAITING", ())
-    return [LinkView(link.system, link.address_number, link.registered_at) for link in links]
+    last = links[limit - 1] if len(links) > limit else None
+    return Page(
+        [LinkView(link.system, link.address_number, link.registered_at) for link in links[:limit]],
+        None if last is None else (last.registered_at, last.system, last.address_number),
+    )
 
 
 def _view(repo: Repository, person: Person, *, with_history: bool = False) -> PersonView:

@@ -14,6 +14,8 @@ log a password or a token, or put an individual number in any message (views car
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -22,12 +24,14 @@ import grpc.aio
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from linkage.errors import FieldViolation, InvalidArgument, LinkageError
+from linkage.records.model import from_micros, to_micros
 from linkage.rpc import caller
 from linkage.v1 import unified_address_staff_pb2 as pb
 from linkage.v1 import unified_address_staff_pb2_grpc as pb_grpc
 from unified_address import registration, staff
 from unified_address.audit import Actor
 from unified_address.models import CodeState
+from unified_address.repository import FailurePosition, WaitingPosition
 from unified_address.runtime import Runtime
 from unified_address.staff_accounts import READ_ROLES, WRITE_ROLES, Role, StaffAccounts
 from unified_address.vault import parse_individual_number
@@ -46,6 +50,7 @@ MAX_NOTE = 400
 MAX_SPLIT_LINKS = 1000
 _BEARER = "bearer "
 _UNIFIED_NUMBER = re.compile(r"[0-9]{15}")
+_FAILURES, _WAITING = "failures", "waiting"  # which list a page token belongs to
 _SYSTEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 _ADDRESS_NUMBER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -104,6 +109,52 @@ class _Violations:
             raise InvalidArgument(
                 "INVALID_REQUEST", f"{first.field}: {first.description}", violations=self.items
             )
+
+
+def _page_token(kind: str, position: FailurePosition | WaitingPosition | None) -> str:
+    """An opaque token for the page after ``position`` of the list ``kind`` (empty: none)."""
+    if position is None:
+        return ""
+    at, *keys = position
+    raw = json.dumps([kind, to_micros(at), *keys], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode("utf-8")).decode("ascii")
+
+
+def _failures_after(token: str) -> FailurePosition | None:
+    found = _position(_FAILURES, token, (_UNIFIED_NUMBER,))
+    return None if found is None else (found[0], found[1])
+
+
+def _waiting_after(token: str) -> WaitingPosition | None:
+    found = _position(_WAITING, token, (_SYSTEM, _ADDRESS_NUMBER))
+    return None if found is None else (found[0], found[1], found[2])
+
+
+def _position(kind: str, token: str, keys: tuple[re.Pattern[str], ...]) -> list[Any] | None:
+    """The position a token of the list ``kind`` names: [time, *keys]; INVALID_ARGUMENT when
+    it was not made here for this list (empty: the first page)."""
+    if not token:
+        return None
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
+        ok = (
+            isinstance(decoded, list)
+            and len(decoded) == 2 + len(keys)
+            and decoded[0] == kind
+            and type(decoded[1]) is int
+            and all(
+                type(v) is str and p.fullmatch(v) for p, v in zip(keys, decoded[2:], strict=True)
+            )
+        )
+        if ok:
+            return [from_micros(decoded[1]), *decoded[2:]]
+    except (ValueError, UnicodeError, OverflowError):  # binascii.Error is a ValueError
+        pass
+    raise InvalidArgument(
+        "INVALID_PAGE_TOKEN",
+        "page_token: not a token this list returned",
+        violations=(FieldViolation("page_token", "not a token this list returned"),),
+    )
 
 
 def _page_size(value: int) -> int:
@@ -217,24 +268,29 @@ class UnifiedAddressStaffServicer(pb_grpc.UnifiedAddressStaffServiceServicer):
     ) -> pb.ListCodeRequestFailuresResponse:
         await self._console("ListCodeRequestFailures")
         size = _page_size(request.page_size)
+        after = _failures_after(request.page_token)
         found = await self._desk(
             context,
             "ListCodeRequestFailures",
             READ_ROLES,
-            lambda desk: staff.failures(desk, size),
+            lambda desk: staff.failures(desk, size, after),
         )
-        return pb.ListCodeRequestFailuresResponse(persons=[_person(view) for view in found])
+        return pb.ListCodeRequestFailuresResponse(
+            persons=[_person(view) for view in found.items],
+            next_page_token=_page_token(_FAILURES, found.next_after),
+        )
 
     async def ListWaitingAddressNumbers(  # noqa: N802 - the gRPC method name
         self, request: pb.ListWaitingAddressNumbersRequest, context: Context
     ) -> pb.ListWaitingAddressNumbersResponse:
         await self._console("ListWaitingAddressNumbers")
         size = _page_size(request.page_size)
+        after = _waiting_after(request.page_token)
         found = await self._desk(
             context,
             "ListWaitingAddressNumbers",
             READ_ROLES,
-            lambda desk: staff.waiting(desk, size),
+            lambda desk: staff.waiting(desk, size, after),
         )
         return pb.ListWaitingAddressNumbersResponse(
             waiting=[
@@ -242,8 +298,9 @@ class UnifiedAddressStaffServicer(pb_grpc.UnifiedAddressStaffServiceServicer):
                     link=pb.AddressLink(system=w.system, address_number=w.address_number),
                     registered_at=_timestamp(w.registered_at),
                 )
-                for w in found
-            ]
+                for w in found.items
+            ],
+            next_page_token=_page_token(_WAITING, found.next_after),
         )
 
     async def RetryFailedCodeRequests(  # noqa: N802 - the gRPC method name

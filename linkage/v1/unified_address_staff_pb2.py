@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&linkage/v1/unified_address_staff.proto\x12\nlinkage.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"5\n\x0b\x41\x64\x64ressLink\x12\x0e\n\x06system\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x64\x64ress_number\x18\x02 \x01(\t\"\xe5\x01\n\x0fStaffPersonView\x12\x16\n\x0eunified_number\x18\x01 \x01(\t\x12\x1d\n\x15has_individual_number\x18\x02 \x01(\x08\x12\x30\n\ncode_state\x18\x03 \x01(\x0e\x32\x1c.linkage.v1.LinkageCodeState\x12\x1b\n\x13\x63ode_failure_reason\x18\x04 \x01(\t\x12\x13\n\x0bmerged_into\x18\x05 \x01(\t\x12&\n\x05links\x18\x06 \x03(\x0b\x32\x17.linkage.v1.AddressLink\x12\x0f\n\x07history\x18\x07 \x03(\t\"p\n\x14WaitingAddressNumber\x12%\n\x04link\x18\x01 \x01(\x0b\x32\x17.linkage.v1.AddressLink\x12\x31\n\rregistered_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"M\n\'UnifiedAddressStaffServiceSignInRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\xc7\x01\n(UnifiedAddressStaffServiceSignInResponse\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x18password_change_required\x18\x03 \x01(\x08\x12\x32\n\x05roles\x18\x04 \x03(\x0e\x32#.linkage.v1.UnifiedAddressStaffRole\"*\n(UnifiedAddressStaffServiceSignOutRequest\"+\n)UnifiedAddressStaffServiceSignOutResponse\"a\n/UnifiedAddressStaffServiceChangePasswordRequest\x12\x18\n\x10\x63urrent_password\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\"2\n0UnifiedAddressStaffServiceChangePasswordResponse\"s\n\x14SearchPersonsRequest\x12\x16\n\x0eunified_number\x18\x01 \x01(\t\x12(\n\x07\x61\x64\x64ress\x18\x02 \x01(\x0b\x32\x17.linkage.v1.AddressLink\x12\x19\n\x11individual_number\x18\x03 \x01(\t\"E\n\x15SearchPersonsResponse\x12,\n\x07persons\x18\x01 \x03(\x0b\x32\x1b.linkage.v1.StaffPersonView\"3\n\x1eListCodeRequestFailuresRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\"O\n\x1fListCodeRequestFailuresResponse\x12,\n\x07persons\x18\x01 \x03(\x0b\x32\x1b.linkage.v1.StaffPersonView\"5\n ListWaitingAddressNumbersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\"V\n!ListWaitingAddressNumbersResponse\x12\x31\n\x07waiting\x18\x01 \x03(\x0b\x32 .linkage.v1.WaitingAddressNumber\"/\n\x1eRetryFailedCodeRequestsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"C\n\x1fRetryFailedCodeRequestsResponse\x12\x10\n\x08\x61\x63quired\x18\x01 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x02 \x01(\x05\"j\n\x18LinkAddressNumberRequest\x12(\n\x07\x61\x64\x64ress\x18\x01 \x01(\x0b\x32\x17.linkage.v1.AddressLink\x12\x16\n\x0eunified_number\x18\x02 \x01(\t\x12\x0c\n\x04note\x18\x03 \x01(\t\"F\n\x19LinkAddressNumberResponse\x12\x11\n\tchange_id\x18\x01 \x01(\x03\x12\x16\n\x0eunified_number\x18\x02 \x01(\t\"_\n\x13MergePersonsRequest\x12\x1b\n\x13keep_unified_number\x18\x01 \x01(\t\x12\x1d\n\x15\x61\x62sorb_unified_number\x18\x02 \x01(\t\x12\x0c\n\x04note\x18\x03 \x01(\t\")\n\x14MergePersonsResponse\x12\x11\n\tchange_id\x18\x01 \x01(\x03\"b\n\x12SplitPersonRequest\x12\x16\n\x0eunified_number\x18\x01 \x01(\t\x12&\n\x05links\x18\x02 \x03(\x0b\x32\x17.linkage.v1.AddressLink\x12\x0c\n\x04note\x18\x03 \x01(\t\"D\n\x13SplitPersonResponse\x12\x11\n\tchange_id\x18\x01 \x01(\x03\x12\x1a\n\x12new_unified_number\x18\x02 \x01(\t\"8\n\x15UndoLinkChangeRequest\x12\x11\n\tchange_id\x18\x01 \x01(\x03\x12\x0c\n\x04note\x18\x02 \x01(\t\"+\n\x16UndoLinkChangeResponse\x12\x11\n\tchange_id\x18\x01 \x01(\x03*\x95\x01\n\x17UnifiedAddressStaffRole\x12*\n&UNIFIED_ADDRESS_STAFF_ROLE_UNSPECIFIED\x10\x00\x12%\n!UNIFIED_ADDRESS_STAFF_ROLE_VIEWER\x10\x01\x12\'\n#UNIFIED_ADDRESS_STAFF_ROLE_OPERATOR\x10\x02*\xbc\x01\n\x10LinkageCodeState\x12\"\n\x1eLINKAGE_CODE_STATE_UNSPECIFIED\x10\x00\x12$\n LINKAGE_CODE_STATE_NOT_REQUESTED\x10\x01\x12\x1e\n\x1aLINKAGE_CODE_STATE_PENDING\x10\x02\x12\x1f\n\x1bLINKAGE_CODE_STATE_ACQUIRED\x10\x03\x12\x1d\n\x19LINKAGE_CODE_STATE_FAILED\x10\x04\x32\xad\t\n\x1aUnifiedAddressStaffService\x12s\n\x06SignIn\x12\x33.linkage.v1.UnifiedAddressStaffServiceSignInRequest\x1a\x34.linkage.v1.UnifiedAddressStaffServiceSignInResponse\x12v\n\x07SignOut\x12\x34.linkage.v1.UnifiedAddressStaffServiceSignOutRequest\x1a\x35.linkage.v1.UnifiedAddressStaffServiceSignOutResponse\x12\x8b\x01\n\x0e\x43hangePassword\x12;.linkage.v1.UnifiedAddressStaffServiceChangePasswordRequest\x1a<.linkage.v1.UnifiedAddressStaffServiceChangePasswordResponse\x12T\n\rSearchPersons\x12 .linkage.v1.SearchPersonsRequest\x1a!.linkage.v1.SearchPersonsResponse\x12r\n\x17ListCodeRequestFailures\x12*.linkage.v1.ListCodeRequestFailuresRequest\x1a+.linkage.v1.ListCodeRequestFailuresResponse\x12x\n\x19ListWaitingAddressNumbers\x12,.linkage.v1.ListWaitingAddressNumbersRequest\x1a-.linkage.v1.ListWaitingAddressNumbersResponse\x12r\n\x17RetryFailedCodeRequests\x12*.linkage.v1.RetryFailedCodeRequestsRequest\x1a+.linkage.v1.RetryFailedCodeRequestsResponse\x12`\n\x11LinkAddressNumber\x12$.linkage.v1.LinkAddressNumberRequest\x1a%.linkage.v1.LinkAddressNumberResponse\x12Q\n\x0cMergePersons\x12\x1f.linkage.v1.MergePersonsRequest\x1a .linkage.v1.MergePersonsResponse\x12N\n\x0bSplitPerson\x12\x1e.linkage.v1.SplitPersonRequest\x1a\x1f.linkage.v1.SplitPersonResponse\x12W\n\x0eUndoLinkChange\x12!.linkage.v1.UndoLinkChangeRequest\x1a\".linkage.v1.UndoLinkChangeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&linkage/v1/unified_address_staff.proto\x12\nlinkage.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"5\n\x0b\x41\x64\x64ressLink\x12\x0e\n\x06system\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x64\x64ress_number\x18\x02 \x01(\t\"\xe5\x01\n\x0fStaffPersonView\x12\x16\n\x0eunified_number\x18\x01 \x01(\t\x12\x1d\n\x15has_individual_number\x18\x02 \x01(\x08\x12\x30\n\ncode_state\x18\x03 \x01(\x0e\x32\x1c.linkage.v1.LinkageCodeState\x12\x1b\n\x13\x63ode_failure_reason\x18\x04 \x01(\t\x12\x13\n\x0bmerged_into\x18\x05 \x01(\t\x12&\n\x05links\x18\x06 \x03(\x0b\x32\x17.linkage.v1.AddressLink\x12\x0f\n\x07history\x18\x07 \x03(\t\"p\n\x14WaitingAddressNumber\x12%\n\x04link\x18\x01 \x01(\x0b\x32\x17.linkage.v1.AddressLink\x12\x31\n\rregistered_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"M\n\'UnifiedAddressStaffServiceSignInRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\xc7\x01\n(UnifiedAddressStaffServiceSignInResponse\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x18password_change_required\x18\x03 \x01(\x08\x12\x32\n\x05roles\x18\x04 \x03(\x0e\x32#.linkage.v1.UnifiedAddressStaffRole\"*\n(UnifiedAddressStaffServiceSignOutRequest\"+\n)UnifiedAddressStaffServiceSignOutResponse\"a\n/UnifiedAddressStaffServiceChangePasswordRequest\x12\x18\n\x10\x63urrent_password\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\"2\n0UnifiedAddressStaffServiceChangePasswordResponse\"s\n\x14SearchPersonsRequest\x12\x16\n\x0eunified_number\x18\x01 \x01(\t\x12(\n\x07\x61\x64\x64ress\x18\x02 \x01(\x0b\x32\x17.linkage.v1.AddressLink\x12\x19\n\x11individual_number\x18\x03 \x01(\t\"E\n\x15SearchPersonsResponse\x12,\n\x07persons\x18\x01 \x03(\x0b\x32\x1b.linkage.v1.StaffPersonView\"G\n\x1eListCodeRequestFailuresRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"h\n\x1fListCodeRequestFailuresResponse\x12,\n\x07persons\x18\x01 \x03(\x0b\x32\x1b.linkage.v1.StaffPersonView\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"I\n ListWaitingAddressNumbersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"o\n!ListWaitingAddressNumbersResponse\x12\x31\n\x07waiting\x18\x01 \x03(\x0b\x32 .linkage.v1.WaitingAddressNumber\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"/\n\x1eRetryFailedCodeRequestsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"C\n\x1fRetryFailedCodeRequestsResponse\x12\x10\n\x08\x61\x63quired\x18\x01 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x02 \x01(\x05\"j\n\x18LinkAddressNumberRequest\x12(\n\x07\x61\x64\x64ress\x18\x01 \x01(\x0b\x32\x17.linkage.v1.AddressLink\x12\x16\n\x0eunified_number\x18\x02 \x01(\t\x12\x0c\n\x04note\x18\x03 \x01(\t\"F\n\x19LinkAddressNumberResponse\x12\x11\n\tchange_id\x18\x01 \x01(\x03\x12\x16\n\x0eunified_number\x18\x02 \x01(\t\"_\n\x13MergePersonsRequest\x12\x1b\n\x13keep_unified_number\x18\x01 \x01(\t\x12\x1d\n\x15\x61\x62sorb_unified_number\x18\x02 \x01(\t\x12\x0c\n\x04note\x18\x03 \x01(\t\")\n\x14MergePersonsResponse\x12\x11\n\tchange_id\x18\x01 \x01(\x03\"b\n\x12SplitPersonRequest\x12\x16\n\x0eunified_number\x18\x01 \x01(\t\x12&\n\x05links\x18\x02 \x03(\x0b\x32\x17.linkage.v1.AddressLink\x12\x0c\n\x04note\x18\x03 \x01(\t\"D\n\x13SplitPersonResponse\x12\x11\n\tchange_id\x18\x01 \x01(\x03\x12\x1a\n\x12new_unified_number\x18\x02 \x01(\t\"8\n\x15UndoLinkChangeRequest\x12\x11\n\tchange_id\x18\x01 \x01(\x03\x12\x0c\n\x04note\x18\x02 \x01(\t\"+\n\x16UndoLinkChangeResponse\x12\x11\n\tchange_id\x18\x01 \x01(\x03*\x95\x01\n\x17UnifiedAddressStaffRole\x12*\n&UNIFIED_ADDRESS_STAFF_ROLE_UNSPECIFIED\x10\x00\x12%\n!UNIFIED_ADDRESS_STAFF_ROLE_VIEWER\x10\x01\x12\'\n#UNIFIED_ADDRESS_STAFF_ROLE_OPERATOR\x10\x02*\xbc\x01\n\x10LinkageCodeState\x12\"\n\x1eLINKAGE_CODE_STATE_UNSPECIFIED\x10\x00\x12$\n LINKAGE_CODE_STATE_NOT_REQUESTED\x10\x01\x12\x1e\n\x1aLINKAGE_CODE_STATE_PENDING\x10\x02\x12\x1f\n\x1bLINKAGE_CODE_STATE_ACQUIRED\x10\x03\x12\x1d\n\x19LINKAGE_CODE_STATE_FAILED\x10\x04\x32\xad\t\n\x1aUnifiedAddressStaffService\x12s\n\x06SignIn\x12\x33.linkage.v1.UnifiedAddressStaffServiceSignInRequest\x1a\x34.linkage.v1.UnifiedAddressStaffServiceSignInResponse\x12v\n\x07SignOut\x12\x34.linkage.v1.UnifiedAddressStaffServiceSignOutRequest\x1a\x35.linkage.v1.UnifiedAddressStaffServiceSignOutResponse\x12\x8b\x01\n\x0e\x43hangePassword\x12;.linkage.v1.UnifiedAddressStaffServiceChangePasswordRequest\x1a<.linkage.v1.UnifiedAddressStaffServiceChangePasswordResponse\x12T\n\rSearchPersons\x12 .linkage.v1.SearchPersonsRequest\x1a!.linkage.v1.SearchPersonsResponse\x12r\n\x17ListCodeRequestFailures\x12*.linkage.v1.ListCodeRequestFailuresRequest\x1a+.linkage.v1.ListCodeRequestFailuresResponse\x12x\n\x19ListWaitingAddressNumbers\x12,.linkage.v1.ListWaitingAddressNumbersRequest\x1a-.linkage.v1.ListWaitingAddressNumbersResponse\x12r\n\x17RetryFailedCodeRequests\x12*.linkage.v1.RetryFailedCodeRequestsRequest\x1a+.linkage.v1.RetryFailedCodeRequestsResponse\x12`\n\x11LinkAddressNumber\x12$.linkage.v1.LinkAddressNumberRequest\x1a%.linkage.v1.LinkAddressNumberResponse\x12Q\n\x0cMergePersons\x12\x1f.linkage.v1.MergePersonsRequest\x1a .linkage.v1.MergePersonsResponse\x12N\n\x0bSplitPerson\x12\x1e.linkage.v1.SplitPersonRequest\x1a\x1f.linkage.v1.SplitPersonResponse\x12W\n\x0eUndoLinkChange\x12!.linkage.v1.UndoLinkChangeRequest\x1a\".linkage.v1.UndoLinkChangeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'linkage.v1.unified_address_staff_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_UNIFIEDADDRESSSTAFFROLE']._serialized_start=2186
-  _globals['_UNIFIEDADDRESSSTAFFROLE']._serialized_end=2335
-  _globals['_LINKAGECODESTATE']._serialized_start=2338
-  _globals['_LINKAGECODESTATE']._serialized_end=2526
+  _globals['_UNIFIEDADDRESSSTAFFROLE']._serialized_start=2276
+  _globals['_UNIFIEDADDRESSSTAFFROLE']._serialized_end=2425
+  _globals['_LINKAGECODESTATE']._serialized_start=2428
+  _globals['_LINKAGECODESTATE']._serialized_end=2616
   _globals['_ADDRESSLINK']._serialized_start=87
   _globals['_ADDRESSLINK']._serialized_end=140
   _globals['_STAFFPERSONVIEW']._serialized_start=143
@@ -59,33 +59,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHPERSONSRESPONSE']._serialized_start=1126
   _globals['_SEARCHPERSONSRESPONSE']._serialized_end=1195
   _globals['_LISTCODEREQUESTFAILURESREQUEST']._serialized_start=1197
-  _globals['_LISTCODEREQUESTFAILURESREQUEST']._serialized_end=1248
-  _globals['_LISTCODEREQUESTFAILURESRESPONSE']._serialized_start=1250
-  _globals['_LISTCODEREQUESTFAILURESRESPONSE']._serialized_end=1329
-  _globals['_LISTWAITINGADDRESSNUMBERSREQUEST']._serialized_start=1331
-  _globals['_LISTWAITINGADDRESSNUMBERSREQUEST']._serialized_end=1384
-  _globals['_LISTWAITINGADDRESSNUMBERSRESPONSE']._serialized_start=1386
-  _globals['_LISTWAITINGADDRESSNUMBERSRESPONSE']._serialized_end=1472
-  _globals['_RETRYFAILEDCODEREQUESTSREQUEST']._serialized_start=1474
-  _globals['_RETRYFAILEDCODEREQUESTSREQUEST']._serialized_end=1521
-  _globals['_RETRYFAILEDCODEREQUESTSRESPONSE']._serialized_start=1523
-  _globals['_RETRYFAILEDCODEREQUESTSRESPONSE']._serialized_end=1590
-  _globals['_LINKADDRESSNUMBERREQUEST']._serialized_start=1592
-  _globals['_LINKADDRESSNUMBERREQUEST']._serialized_end=1698
-  _globals['_LINKADDRESSNUMBERRESPONSE']._serialized_start=1700
-  _globals['_LINKADDRESSNUMBERRESPONSE']._serialized_end=1770
-  _globals['_MERGEPERSONSREQUEST']._serialized_start=1772
-  _globals['_MERGEPERSONSREQUEST']._serialized_end=1867
-  _globals['_MERGEPERSONSRESPONSE']._serialized_start=1869
-  _globals['_MERGEPERSONSRESPONSE']._serialized_end=1910
-  _globals['_SPLITPERSONREQUEST']._serialized_start=1912
-  _globals['_SPLITPERSONREQUEST']._serialized_end=2010
-  _globals['_SPLITPERSONRESPONSE']._serialized_start=2012
-  _globals['_SPLITPERSONRESPONSE']._serialized_end=2080
-  _globals['_UNDOLINKCHANGEREQUEST']._serialized_start=2082
-  _globals['_UNDOLINKCHANGEREQUEST']._serialized_end=2138
-  _globals['_UNDOLINKCHANGERESPONSE']._serialized_start=2140
-  _globals['_UNDOLINKCHANGERESPONSE']._serialized_end=2183
-  _globals['_UNIFIEDADDRESSSTAFFSERVICE']._serialized_start=2529
-  _globals['_UNIFIEDADDRESSSTAFFSERVICE']._serialized_end=3726
+  _globals['_LISTCODEREQUESTFAILURESREQUEST']._serialized_end=1268
+  _globals['_LISTCODEREQUESTFAILURESRESPONSE']._serialized_start=1270
+  _globals['_LISTCODEREQUESTFAILURESRESPONSE']._serialized_end=1374
+  _globals['_LISTWAITINGADDRESSNUMBERSREQUEST']._serialized_start=1376
+  _globals['_LISTWAITINGADDRESSNUMBERSREQUEST']._serialized_end=1449
+  _globals['_LISTWAITINGADDRESSNUMBERSRESPONSE']._serialized_start=1451
+  _globals['_LISTWAITINGADDRESSNUMBERSRESPONSE']._serialized_end=1562
+  _globals['_RETRYFAILEDCODEREQUESTSREQUEST']._serialized_start=1564
+  _globals['_RETRYFAILEDCODEREQUESTSREQUEST']._serialized_end=1611
+  _globals['_RETRYFAILEDCODEREQUESTSRESPONSE']._serialized_start=1613
+  _globals['_RETRYFAILEDCODEREQUESTSRESPONSE']._serialized_end=1680
+  _globals['_LINKADDRESSNUMBERREQUEST']._serialized_start=1682
+  _globals['_LINKADDRESSNUMBERREQUEST']._serialized_end=1788
+  _globals['_LINKADDRESSNUMBERRESPONSE']._serialized_start=1790
+  _globals['_LINKADDRESSNUMBERRESPONSE']._serialized_end=1860
+  _globals['_MERGEPERSONSREQUEST']._serialized_start=1862
+  _globals['_MERGEPERSONSREQUEST']._serialized_end=1957
+  _globals['_MERGEPERSONSRESPONSE']._serialized_start=1959
+  _globals['_MERGEPERSONSRESPONSE']._serialized_end=2000
+  _globals['_SPLITPERSONREQUEST']._serialized_start=2002
+  _globals['_SPLITPERSONREQUEST']._serialized_end=2100
+  _globals['_SPLITPERSONRESPONSE']._serialized_start=2102
+  _globals['_SPLITPERSONRESPONSE']._serialized_end=2170
+  _globals['_UNDOLINKCHANGEREQUEST']._serialized_start=2172
+  _globals['_UNDOLINKCHANGEREQUEST']._serialized_end=2228
+  _globals['_UNDOLINKCHANGERESPONSE']._serialized_start=2230
+  _globals['_UNDOLINKCHANGERESPONSE']._serialized_end=2273
+  _globals['_UNIFIEDADDRESSSTAFFSERVICE']._serialized_start=2619
+  _globals['_UNIFIEDADDRESSSTAFFSERVICE']._serialized_end=3816
 # @@protoc_insertion_point(module_scope)

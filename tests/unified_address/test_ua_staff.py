@@ -6,7 +6,7 @@ import io
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from ua_support import ORG, individual_numbers, read_records
@@ -63,6 +63,50 @@ def office(database_url: str, tmp_path: Path) -> Iterator[Office]:
     office.engine.dispose()
 
 
+# --- paged lists ---------------------------------------------------------------------------
+
+
+def _pages(fetch: Callable[[Any], staff.Page[T, Any]]) -> list[list[T]]:
+    pages: list[list[T]] = []
+    after = None
+    while True:
+        page = fetch(after)
+        pages.append(page.items)
+        if page.next_after is None:
+            return pages
+        after = page.next_after
+
+
+def test_waiting_address_numbers_page_through_ties_once_each_in_order(office: Office) -> None:
+    now = datetime.now(UTC)  # one registration batch: every link has the same time
+    addresses = [f"J-{n}" for n in (5, 1, 7, 3, 2, 6, 4)]
+    with unit_of_work(office.sessions) as session:
+        match(Repository(session), office.vault, "juki", [Registration(a) for a in addresses], now)
+
+    pages = _pages(lambda after: office.at_desk(lambda d: staff.waiting(d, 3, after)))
+
+    assert [len(page) for page in pages] == [3, 3, 1]
+    assert [w.address_number for page in pages for w in page] == sorted(addresses)
+
+
+def test_failed_code_requests_page_through_ties_once_each_in_order(office: Office) -> None:
+    numbers = individual_numbers(5, seed=73)
+    people = [
+        office.register("kokuho", f"K-{n}", number).unified_number
+        for n, number in enumerate(numbers)
+    ]
+    now = datetime.now(UTC)
+    with unit_of_work(office.sessions) as session:
+        repo = Repository(session)
+        repo.claim_code_requests(people, now, stale_before=now)  # one request time for all
+        repo.record_code_results([(p, CodeState.FAILED, "REGISTRY_DOWN") for p in people], now)
+
+    pages = _pages(lambda after: office.at_desk(lambda d: staff.failures(d, 2, after)))
+
+    assert [len(page) for page in pages] == [2, 2, 1]
+    assert [v.unified_number for page in pages for v in page] == sorted(people)
+
+
 # --- manual link ---------------------------------------------------------------------------
 
 
@@ -70,13 +114,13 @@ def test_a_waiting_address_number_is_linked_by_hand_to_an_existing_person(office
     (number,) = individual_numbers(1, seed=71)
     person = office.register("kokuho", "K-1", number)
     assert office.register("juki", "J-1").kind == "WAITING"
-    assert [w.address_number for w in office.at_desk(staff.waiting)] == ["J-1"]
+    assert [w.address_number for w in office.at_desk(staff.waiting).items] == ["J-1"]
     change, unified = office.at_desk(
         lambda d: staff.link_manually(d, "juki", "J-1", person.unified_number, note="checked")
     )
     assert unified == person.unified_number
     assert office.linked_to("juki", "J-1") == person.unified_number
-    assert office.at_desk(staff.waiting) == []
+    assert office.at_desk(staff.waiting).items == []
     assert office.person(unified).links == (("juki", "J-1"), ("kokuho", "K-1"))
     record = [r for r in read_records(office.database_url) if r.reason == "MANUAL_LINK"]
     assert [(r.actor_kind, r.actor_id, r.subject) for r in record] == [("STAFF", "tanaka", unified)]

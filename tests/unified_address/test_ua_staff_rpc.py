@@ -426,6 +426,37 @@ async def test_a_malformed_request_from_a_business_system_is_a_recorded_refusal(
     )
 
 
+async def test_the_waiting_list_pages_with_tokens_that_fit_only_their_own_list(
+    app: App, console: StaffStub, system: Callable[[str], Stub], sign_in: SignIn
+) -> None:
+    for address in ("J-1", "J-2", "J-3"):
+        await system("juki").RegisterPerson(
+            unified_address_pb2.RegisterPersonRequest(address_number=address)
+        )
+    viewer = await sign_in("tanaka")
+
+    first = await console.ListWaitingAddressNumbers(
+        pb.ListWaitingAddressNumbersRequest(page_size=2), metadata=viewer
+    )
+    last = await console.ListWaitingAddressNumbers(
+        pb.ListWaitingAddressNumbersRequest(page_size=2, page_token=first.next_page_token),
+        metadata=viewer,
+    )
+
+    seen = [w.link.address_number for page in (first, last) for w in page.waiting]
+    assert seen == ["J-1", "J-2", "J-3"]
+    assert first.next_page_token
+    assert not last.next_page_token
+    for token in (first.next_page_token, "bm90IGEgdG9rZW4", "%%%"):
+        error = await failure(
+            console.ListCodeRequestFailures(
+                pb.ListCodeRequestFailuresRequest(page_token=token), metadata=viewer
+            )
+        )
+        assert (error.code, error.reason) == ("INVALID_ARGUMENT", "INVALID_PAGE_TOKEN")
+        assert [v.field for v in error.violations] == ["page_token"]
+
+
 # --- code requests ---------------------------------------------------------------------------
 
 
