@@ -31,8 +31,10 @@ resident file is an operator action at J-LIS. The soak does the same: it writes 
 into the registry's SQLite database (``DIR/registry.sqlite``, blind-indexed with the registry's
 own key ``DIR/keys/registry/registry-index.key``) before the registry process starts when the
 soak starts the world, or while it runs for a running world (SQLite in WAL mode: the registry
-sees committed rows). In-process it calls ``App.load_residents``. Everything else — registering
-people at JPS and Sakai, pushing pensions, the queries — goes over gRPC with mutual TLS.
+sees committed rows); a running world on another database (``linkage world up --database-url``)
+needs ``--registry-database-url``. In-process it calls ``App.load_residents``. Everything else —
+registering people at JPS and Sakai, pushing pensions, the queries — goes over gRPC with mutual
+TLS.
 
 Memory: the RSS of every watched process is sampled every few seconds from the start of the
 load. After a warm-up (20% of the run, at most 60 s) a server is *flat* when the median of the
@@ -320,11 +322,13 @@ class Servers:
 ResidentRow = tuple[str, str, str]  # resident code, individual number, municipality
 
 
-def load_registry_database(root: Path, rows: Sequence[ResidentRow], *, must_exist: bool) -> int:
-    """Load residents into the registry's SQLite database under ``root`` (an operator action).
-
-    The file and key are where ``linkage serve registry --data-dir root`` keeps them. With
-    ``must_exist`` (a running world) a missing file means the registry uses another database.
+def load_registry_database(
+    root: Path, rows: Sequence[ResidentRow], *, must_exist: bool, url: str | None = None
+) -> int:
+    """Load residents into the registry's database (an operator action): ``url``, or the
+    SQLite file under ``root``. The file and the index key are where ``linkage serve registry
+    --data-dir root`` keeps them. With ``must_exist`` (a running world) a missing file means
+    the registry uses another database, which ``url`` must then name.
     """
     from linkage import db
     from linkage.atrest import DataKey
@@ -332,9 +336,12 @@ def load_registry_database(root: Path, rows: Sequence[ResidentRow], *, must_exis
     from simulator.registry.app import INDEX_KEY_FILE
 
     path = root / "registry.sqlite"
-    if must_exist and not path.exists():
-        raise SoakSetupError(f"no registry database at {path}: only SQLite worlds can be soaked")
-    url = db.sqlite_url(path)
+    if url is None and must_exist and not path.exists():
+        raise SoakSetupError(
+            f"no registry database at {path}: for a world on another database, name the "
+            "registry's with --registry-database-url"
+        )
+    url = url or db.sqlite_url(path)
     db.migrate(url)
     index = DataKey.load_or_create(root / "keys" / "registry" / INDEX_KEY_FILE)
     engine = db.make_engine(url)
@@ -571,8 +578,11 @@ async def world_running(root: Path) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def running_world(root: Path, rows: Sequence[ResidentRow]) -> AsyncIterator[Servers]:
-    """A world ``linkage world up --data-dir root`` is running; it keeps running afterwards."""
+async def running_world(
+    root: Path, rows: Sequence[ResidentRow], registry_url: str | None = None
+) -> AsyncIterator[Servers]:
+    """A world ``linkage world up --data-dir root`` is running; it keeps running afterwards.
+    ``registry_url``: the registry's database when it is not the SQLite file under ``root``."""
     root = await asyncio.to_thread(root.resolve)
     manifest = await asyncio.to_thread(_manifest, root)
     ports = {name: int(a.rsplit(":", 1)[1]) for name, a in manifest["addresses"].items()}
@@ -581,7 +591,7 @@ async def running_world(root: Path, rows: Sequence[ResidentRow]) -> AsyncIterato
     recorded: dict[str, int] = manifest.get("pids") or {}
     pids = recorded or await asyncio.to_thread(listening_pids, ports)
     missing = sorted(set(ports) - set(pids))
-    await asyncio.to_thread(load_registry_database, root, rows, must_exist=True)
+    await asyncio.to_thread(load_registry_database, root, rows, must_exist=True, url=registry_url)
     yield Servers(
         mode="running world (linkage world up)",
         root=root,
@@ -1186,6 +1196,10 @@ def _parser() -> argparse.ArgumentParser:
         help="RSS sampling interval, s (2; less on short runs)",
     )
     parser.add_argument("--base-port", type=int, help="first port of a world started here")
+    parser.add_argument(
+        "--registry-database-url",
+        help="a running world's registry database, when not its SQLite file (PostgreSQL, say)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
     return parser
@@ -1210,7 +1224,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 @contextlib.asynccontextmanager
 async def _world(args: argparse.Namespace, rows: Sequence[ResidentRow]) -> AsyncIterator[Servers]:
     if args.world is not None and await world_running(args.world):
-        async with running_world(args.world, rows) as servers:
+        async with running_world(args.world, rows, args.registry_database_url) as servers:
             yield servers
     elif args.world is not None:
         async with process_world(args.world, rows, base_port=args.base_port) as servers:

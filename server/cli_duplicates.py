@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
+    from linkage.records.model import ActorKind
     from server.duplicates import DuplicateStore
     from server.duplicates_bulk import Source
     from server.duplicates_rows import Row
@@ -323,6 +324,14 @@ def _store_import(
 # --- export -------------------------------------------------------------------------------------
 
 
+def _operator() -> tuple[ActorKind, str]:
+    """Who reads the store's plaintext from this command: the platform's operator (the
+    records name the actor SYSTEM ``operator``, as ``linkage staff create-admin`` does)."""
+    from linkage.records.model import ActorKind
+
+    return ActorKind.SYSTEM, "operator"
+
+
 def _export(args: argparse.Namespace) -> int:
     from linkage.errors import LinkageError
     from server.duplicates_file import write_records
@@ -332,7 +341,10 @@ def _export(args: argparse.Namespace) -> int:
     output = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
     count = 0
     try:
-        for page in opened.store.export_pages(opened.tenant, args.data_item, args.history):
+        pages = opened.store.export_pages(
+            opened.tenant, args.data_item, args.history, actor=_operator()
+        )
+        for page in pages:
             count += write_records(output, page)
             progress.update(count)
     except LinkageError as error:
@@ -369,7 +381,9 @@ def _reconcile(args: argparse.Namespace) -> int:
     opened = _open_store(args)
     stored: dict[tuple[str, str, str], bytes] = {}
     try:
-        for page in opened.store.export_pages(opened.tenant, "", include_history=False):
+        for page in opened.store.export_pages(
+            opened.tenant, "", include_history=False, actor=_operator()
+        ):
             for record in page:
                 if record.value.data_item in items:
                     value = record.value

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from linkage.atrest import DataKey
 from linkage.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted
-from linkage.records.model import ActorKind, Outcome, RecordEvent
+from linkage.records.model import AccessRecord, ActorKind, Outcome, RecordEvent
 from linkage.v1 import common_pb2, intermediate_server_pb2
 from server import repository as repo
 from server.content import DATA_ITEMS, unified_number_problem, value_violations
@@ -305,9 +305,17 @@ class DuplicateStore:
     # --- export ----------------------------------------------------------------------------
 
     def export_pages(
-        self, tenant: Tenant, data_item: str, include_history: bool
+        self,
+        tenant: Tenant,
+        data_item: str,
+        include_history: bool,
+        *,
+        actor: tuple[ActorKind, str],
     ) -> Iterator[list[intermediate_server_pb2.DuplicateRecord]]:
-        """Pages of the tenant's duplicates, decrypted (blocking generator: one tx per page)."""
+        """Pages of the tenant's duplicates, decrypted (blocking generator: one tx per page).
+        Each page is read in the transaction that records it: a DUPLICATES_EXPORTED record per
+        person in it, naming ``actor`` and the person's items, so a person's disclosure shows
+        who took their data out in plaintext."""
         if data_item and data_item not in DATA_ITEMS:
             raise InvalidArgument(
                 "UNKNOWN_DATA_ITEM",
@@ -326,6 +334,10 @@ class DuplicateStore:
                     include_history=include_history,
                 )
                 flags = repo.flags_of(session, tenant.code, {row.unified_number for row in rows})
+                if rows:
+                    self._recorder.append(
+                        session, _export_records(tenant, rows, actor, self._clock())
+                    )
             if not rows:
                 return
             after = rows[-1].id
@@ -412,6 +424,29 @@ class _VersionPlan:
 
     def existing_changes(self) -> list[dict[str, Any]]:
         return list(self._db_changes.values())
+
+
+def _export_records(
+    tenant: Tenant, rows: Sequence[Any], actor: tuple[ActorKind, str], at: datetime
+) -> list[AccessRecord]:
+    """One DUPLICATES_EXPORTED record per person of a page, with the items taken out."""
+    items: dict[str, set[str]] = {}
+    for row in rows:
+        items.setdefault(row.unified_number, set()).add(row.data_item)
+    kind, actor_id = actor
+    return [
+        record(
+            tenant=tenant.code,
+            at=at,
+            event=RecordEvent.DUPLICATES_EXPORTED,
+            outcome=Outcome.OK,
+            actor_kind=kind,
+            actor_id=actor_id,
+            data_items=sorted(person_items),
+            subject=unified_number,
+        )
+        for unified_number, person_items in items.items()
+    ]
 
 
 def _exported(

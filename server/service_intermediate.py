@@ -205,7 +205,12 @@ class IntermediateServerServicer(intermediate_server_pb2_grpc.IntermediateServer
         self, request: pb.ExportDuplicatesRequest, context: Any
     ) -> AsyncIterator[pb.ExportDuplicatesResponse]:
         tenant = await self._tenant(request.parent, "ExportDuplicates")
-        pages = self._d.duplicates.export_pages(tenant, request.data_item, request.include_history)
+        pages = self._d.duplicates.export_pages(
+            tenant,
+            request.data_item,
+            request.include_history,
+            actor=(ActorKind.ORGANIZATION, caller()),
+        )
         while True:
             page = await asyncio.to_thread(next, pages, None)
             if page is None:

@@ -232,3 +232,27 @@ def test_a_short_in_process_soak_passes_and_reports_minutes_percentiles_and_memo
     samples = report["memory"]["samples_mib"]["in-process"]
     assert len(samples) >= 10
     assert all(mib > 0 for _, mib in samples)
+
+
+def test_residents_go_to_the_registry_database_a_running_world_names(
+    tmp_path: Path, database_url: Any
+) -> None:
+    from sqlalchemy import create_engine, text
+
+    from bench.soak import SoakSetupError, load_registry_database
+
+    root = tmp_path / "world"  # a world whose registry keeps no SQLite file here
+    rows = [("10000000001", "123456789018", "sakai"), ("10000000002", "234567890121", "sakai")]
+    with pytest.raises(SoakSetupError, match="--registry-database-url"):
+        load_registry_database(root, rows, must_exist=True)
+
+    url = database_url("registry")  # SQLite elsewhere, or a PostgreSQL schema
+    assert load_registry_database(root, rows, must_exist=True, url=url) == 2
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            count = connection.execute(text("SELECT count(*) FROM registry_residents"))
+            assert count.scalar_one() == 2
+    finally:
+        engine.dispose()
+    assert not (root / "registry.sqlite").exists()

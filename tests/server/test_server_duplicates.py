@@ -176,6 +176,21 @@ async def test_export_filters_by_item_and_carries_flags(world: World) -> None:
     assert await _export(world, "jps", data_item="local_tax") == []
 
 
+async def test_an_export_records_each_person_whose_data_it_took_out(world: World) -> None:
+    await world.import_records(
+        "jps", [pension("J-1"), pension("J-2"), local_tax("J-2")], import_id="p"
+    )
+
+    await _export(world, "jps")
+
+    exported = world.records("jps", event="DUPLICATES_EXPORTED")
+    assert {(r["subject"], r["data_items"], r["actor_id"]) for r in exported} == {
+        ("J-1", "pension_benefit", "ua.jps"),
+        ("J-2", "local_tax,pension_benefit", "ua.jps"),
+    }
+    assert {r["actor_kind"] for r in exported} == {"ORGANIZATION"}
+
+
 async def test_auto_response_flag_set_and_clear(world: World) -> None:
     await world.import_records("jps", [pension("J-1")])
     ua = world.ua("jps")
@@ -286,6 +301,10 @@ async def test_cli_import_export_and_reconcile(
         (f"S-{n}", 1) for n in range(5)
     ]
     assert duplicates_cli(_cli_args(world, "reconcile", str(source))) == 0
+    # Export and reconcile read the plaintext: each person once per command, as the operator.
+    taken_out = world.records("sakai", event="DUPLICATES_EXPORTED")
+    assert sorted(r["subject"] for r in taken_out) == sorted(2 * [f"S-{n}" for n in range(5)])
+    assert {(r["actor_kind"], r["actor_id"]) for r in taken_out} == {("SYSTEM", "operator")}
     changed = tmp_path / "changed.jsonl"
     changed.write_text(_line("S-0", total_income=7) + "\n" + _line("S-9") + "\n")
     capsys.readouterr()
