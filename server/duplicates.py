@@ -346,22 +346,45 @@ class DuplicateStore:
     # --- flags -----------------------------------------------------------------------------
 
     def set_auto_response_disabled(
-        self, tenant: Tenant, unified_number: str, data_item: str, disabled: bool
+        self,
+        tenant: Tenant,
+        unified_number: str,
+        data_item: str,
+        disabled: bool,
+        *,
+        actor: tuple[ActorKind, str],
     ) -> int:
-        """Set or clear flags of a person (one item, or all the person's items when empty)."""
+        """Set or clear flags of a person (one item, or all the person's items when empty);
+        how many changed. Every request is an AUTO_RESPONSE_FLAG_CHANGED record (reason SET or
+        CLEARED, the item or none for all), changed or not: who lifted a hold matters."""
+        now = self._clock()
         with repo.tenant_unit_of_work(self._sessions, tenant.code) as session:
             if not repo.person_known(session, tenant.code, unified_number):
                 raise NotFound("PERSON_NOT_FOUND", "no such person in this organization")
             if not disabled:
-                return repo.clear_flags(session, tenant.code, unified_number, data_item)
-            items = (
-                [data_item]
-                if data_item
-                else repo.items_of_person(session, tenant.code, unified_number)
+                changed = repo.clear_flags(session, tenant.code, unified_number, data_item)
+            else:
+                items = (
+                    [data_item]
+                    if data_item
+                    else repo.items_of_person(session, tenant.code, unified_number)
+                )
+                pairs = ((unified_number, item) for item in items)
+                changed = repo.set_flags(session, tenant.code, pairs, now)
+            kind, actor_id = actor
+            entry = record(
+                tenant=tenant.code,
+                at=now,
+                event=RecordEvent.AUTO_RESPONSE_FLAG_CHANGED,
+                outcome=Outcome.OK,
+                actor_kind=kind,
+                actor_id=actor_id,
+                data_items=[data_item] if data_item else [],
+                subject=unified_number,
+                reason="SET" if disabled else "CLEARED",
             )
-            return repo.set_flags(
-                session, tenant.code, ((unified_number, item) for item in items), self._clock()
-            )
+            self._recorder.append(session, [entry])
+            return changed
 
 
 class _VersionPlan:

@@ -235,6 +235,7 @@ class IntermediateServerServicer(intermediate_server_pb2_grpc.IntermediateServer
             request.unified_number,
             request.data_item,
             request.disabled,
+            actor=(ActorKind.ORGANIZATION, caller()),
         )
         return pb.SetAutoResponseDisabledResponse(changed=changed)
 

@@ -214,6 +214,13 @@ async def test_auto_response_flag_set_and_clear(world: World) -> None:
         )
     )
     assert (error.code, error.reason) == ("NOT_FOUND", "PERSON_NOT_FOUND")
+    # Each accepted request is recorded, changed or not; the refused one is not.
+    changes = world.records("jps", event="AUTO_RESPONSE_FLAG_CHANGED")
+    assert [(r["subject"], r["reason"], r["data_items"], r["actor_id"]) for r in changes] == [
+        ("J-1", "SET", "", "ua.jps"),
+        ("J-1", "SET", "pension_benefit", "ua.jps"),
+        ("J-1", "CLEARED", "", "ua.jps"),
+    ]
 
 
 async def test_chunk_too_large_is_resource_exhausted(world: World) -> None:
