@@ -1226,6 +1226,11 @@ async def _world(args: argparse.Namespace, rows: Sequence[ResidentRow]) -> Async
     if args.world is not None and await world_running(args.world):
         async with running_world(args.world, rows, args.registry_database_url) as servers:
             yield servers
+    elif args.registry_database_url:
+        raise SoakSetupError(
+            "--registry-database-url is for a world already running (linkage world up "
+            "--database-url): the worlds started here keep SQLite files"
+        )
     elif args.world is not None:
         async with process_world(args.world, rows, base_port=args.base_port) as servers:
             yield servers

@@ -334,10 +334,16 @@ class KeyRing:
 
     def refresh(self) -> KeyRing:
         """Re-read the file if it changed since this ring read or wrote it (another process,
-        say ``linkage keys rotate``, rotated it); one ``stat`` when it did not. Returns self."""
+        say ``linkage keys rotate``, rotated it); one ``stat`` when it did not. Returns self.
+
+        A changed file that cannot be read (wrong owner or mode, torn by hand) leaves the keys
+        already loaded in use, so signing goes on with them; the next call tries again."""
         stamp = _stamp(self.path)
         if stamp != self._stamp and stamp is not None:
-            self._keys, self._stamp = _read_keys(self.path), stamp
+            try:
+                self._keys, self._stamp = _read_keys(self.path), stamp
+            except (OSError, ValueError, KeyError) as error:
+                _log_unreadable(self.path, error)
         return self
 
     def retire(self, kid: str) -> None:
@@ -351,6 +357,12 @@ class KeyRing:
                 raise KeyError(kid)
             _write_keys(self.path, self.name, remaining)
             self._keys, self._stamp = remaining, _stamp(self.path)
+
+
+def _log_unreadable(path: Path, error: Exception) -> None:
+    from linkage.logs import get_logger  # only on this rare path: keys.py stays light
+
+    get_logger(__name__).warning("key_ring_unreadable", ring=path.name, error=type(error).__name__)
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:

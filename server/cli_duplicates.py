@@ -381,8 +381,10 @@ def _reconcile(args: argparse.Namespace) -> int:
     opened = _open_store(args)
     stored: dict[tuple[str, str, str], bytes] = {}
     try:
+        # One item in the originals: only its rows are read (and recorded as read).
+        only = next(iter(items)) if len(items) == 1 else ""
         for page in opened.store.export_pages(
-            opened.tenant, "", include_history=False, actor=_operator()
+            opened.tenant, only, include_history=False, actor=_operator()
         ):
             for record in page:
                 if record.value.data_item in items:

@@ -11,8 +11,10 @@ the new key is published in the network's directory as the tenant (its ``org.<co
 certificate from ``--pki-dir``), then made current in the tenant's ring, which the platform's
 running servers (every replica) pick up at their next signature; the previous key stays valid
 at the network for its overlap window. It may run while the platform serves. If the network
-refuses or cannot be reached, nothing changes but the pending key, which the next run
-publishes: run it again. ``list`` shows the ring's generations (ids and dates only).
+refuses, cannot be reached or does not answer, the ring keeps signing with its current key and
+keeps the new one pending, which the next run publishes and makes current: run it again soon
+(an unanswered call may have reached the network, which then counts down the current key's
+overlap window). ``list`` shows the ring's generations (ids and dates only).
 
 ``--data-dir`` and ``--platform`` are those the platform was started with (``linkage serve
 server``); the ring is ``DATA_DIR/keys/platform-NAME/keys/org-CODE.keyring.json``. Exit codes:
@@ -98,8 +100,11 @@ def main(argv: list[str]) -> int:
         return EXIT_USAGE
     except LinkageError as exc:
         print(
-            f"linkage keys: the network did not take the new key: {exc.reason}: {exc.message}; "
-            "nothing changed (the pending key is kept: run the command again)",
+            f"linkage keys: the new key was not confirmed by the network: {exc.reason}: "
+            f"{exc.message}. The ring still signs with its current key and keeps the new one "
+            "pending; the network may have taken it all the same (a lost answer), and then "
+            "counts down the current key's overlap window (24 h by default): run the command "
+            "again now, it finishes with the same key",
             file=sys.stderr,
         )
         return EXIT_NETWORK
@@ -124,7 +129,10 @@ def _ring(args: argparse.Namespace) -> KeyRing:
 
 
 def _list(ring: KeyRing) -> None:
-    pending = " (a rotation is pending: run `linkage keys rotate`)"
+    pending = (
+        " (a rotation did not finish: run `linkage keys rotate` now; the network may already "
+        "count down the current key's overlap window)"
+    )
     print(f"{ring.name}{pending if ring.pending_path.exists() else ''}")
     for index, key in enumerate(ring.keys):
         state = "current " if index == 0 else "previous"

@@ -13,6 +13,12 @@ The order is what makes it safe: a key is in the directory before anything is si
 again (the network's rotation is idempotent for a key it already holds), so the directory never
 names a key that no ring holds and a retry never rotates twice.
 
+A publication whose answer was lost (a timeout) may have reached the network: the network then
+already counts down the previous key's overlap window while the ring still signs with it, so a
+rotation that did not finish must be run again soon, not left (``linkage keys`` says so). The
+ring's directory lock is held through the network call (at most its timeout): a platform
+starting meanwhile waits for it.
+
 Must never: make a key current that the network has not accepted, or print or log private key
 material (only key ids leave this module).
 """
@@ -42,9 +48,12 @@ def rotate_signing_key(ring: KeyRing, publish: Callable[[PublicKeys], object]) -
     directory and raises if it could not; then the ring is left as it was, but for the pending
     key the next run publishes again."""
     with ring.locked():
-        previous = ring.refresh().current
+        keys = ring.refresh().keys
         resumed = ring.pending_path.exists()
         new = ring.pending()
+        # A run cut short after the ring was written but before the pending file was removed
+        # finds its key current already: the key it replaced is the one after it.
+        previous = keys[1] if keys[0].key_id == new.key_id and len(keys) > 1 else keys[0]
         publish(new.public())
         ring.promote(new)
     return Rotation(key_id=new.key_id, previous_key_id=previous.key_id, resumed=resumed)

@@ -13,17 +13,36 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeVar
 
-from sqlalchemy import ColumnElement, Table, and_, bindparam, or_, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    and_,
+    bindparam,
+    func,
+    literal,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from linkage import sqlfast
-from unified_address.models import CodeState, LinkChange, Person, PersonLink, RelayedQuery
+from unified_address.models import (
+    CodeState,
+    LinkChange,
+    Person,
+    PersonLink,
+    RelayedQuery,
+    UTCDateTime,
+)
 
 # Where a page of a staff list ends: the sort key of its last row (the next page starts after).
-FailurePosition = tuple[datetime, str]  # (code_requested_at, unified_number)
+FailurePosition = tuple[datetime, str]  # (code_requested_at, or NEVER if none; unified_number)
+NEVER = datetime(1970, 1, 1, tzinfo=UTC)
 WaitingPosition = tuple[datetime, str, str]  # (registered_at, system, address_number)
 
 __all__ = ["Repository"]
@@ -160,13 +179,15 @@ class Repository:
 
     def failures(self, limit: int, after: FailurePosition | None = None) -> list[Person]:
         """Persons whose code request failed, oldest request first, after a keyset position."""
-        key = tuple_(Person.code_requested_at, Person.unified_number)
+        # A failed request always has its time; coalesce keeps a row without one in the same
+        # place on SQLite and PostgreSQL (which sort NULL at opposite ends) and in the keyset.
+        requested = func.coalesce(Person.code_requested_at, literal(NEVER, UTCDateTime()))
         stmt = select(Person).where(
             Person.code_state == CodeState.FAILED, Person.merged_into.is_(None)
         )
         if after is not None:
-            stmt = stmt.where(key > tuple_(*after))
-        stmt = stmt.order_by(Person.code_requested_at, Person.unified_number).limit(limit)
+            stmt = stmt.where(tuple_(requested, Person.unified_number) > tuple_(*after))
+        stmt = stmt.order_by(requested, Person.unified_number).limit(limit)
         return list(self.session.scalars(stmt))
 
     # --- address links ---------------------------------------------------------------------

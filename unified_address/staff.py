@@ -26,14 +26,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Generic, TypeVar
 
 from linkage.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from unified_address.audit import Audit
 from unified_address.matching import new_unified_number
 from unified_address.models import CodeState, LinkChange, LinkOperation, Person, PersonLink
-from unified_address.repository import FailurePosition, Repository, WaitingPosition
+from unified_address.repository import NEVER, FailurePosition, Repository, WaitingPosition
 from unified_address.vault import NumberVault, parse_individual_number
 
 __all__ = [
@@ -52,7 +52,6 @@ __all__ = [
 
 _Item = TypeVar("_Item")
 _Position = TypeVar("_Position")
-_NEVER = datetime.min.replace(tzinfo=UTC)  # a failed request always has its time: defensive
 
 _STAFF_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
@@ -149,7 +148,7 @@ def failures(
     last = page[-1] if len(people) > limit else None
     return Page(
         [_view(desk.repo, person) for person in page],
-        None if last is None else (last.code_requested_at or _NEVER, last.unified_number),
+        None if last is None else (last.code_requested_at or NEVER, last.unified_number),
     )
 
 

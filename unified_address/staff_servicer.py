@@ -44,6 +44,7 @@ _T = TypeVar("_T")
 SERVICE = "UnifiedAddressStaffService"
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+MAX_PAGE_TOKEN = 512  # characters; the tokens made here are well under 200
 DEFAULT_RETRY_LIMIT = 1000
 MAX_RETRY_LIMIT = 10_000
 MAX_NOTE = 400
@@ -136,6 +137,8 @@ def _position(kind: str, token: str, keys: tuple[re.Pattern[str], ...]) -> list[
     if not token:
         return None
     try:
+        if len(token) > MAX_PAGE_TOKEN:
+            raise ValueError("longer than any token this service makes")
         decoded = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
         ok = (
             isinstance(decoded, list)
@@ -148,7 +151,7 @@ def _position(kind: str, token: str, keys: tuple[re.Pattern[str], ...]) -> list[
         )
         if ok:
             return [from_micros(decoded[1]), *decoded[2:]]
-    except (ValueError, UnicodeError, OverflowError):  # binascii.Error is a ValueError
+    except (ValueError, UnicodeError, OverflowError, RecursionError):  # binascii.Error: Value
         pass
     raise InvalidArgument(
         "INVALID_PAGE_TOKEN",

@@ -71,3 +71,35 @@ def test_a_tenant_signs_with_a_key_another_process_rotated(tmp_path: Path) -> No
     assert before == rotation.previous_key_id
     assert tenant.signer.key_id == rotation.key_id
     assert [key.key_id for key in tenant.public_keys()] == [rotation.key_id, before]
+
+
+def test_a_run_cut_short_after_the_ring_was_written_reports_the_key_it_replaced(
+    tmp_path: Path,
+) -> None:
+    ring = _ring(tmp_path)
+    before = ring.current.key_id
+    with ring.locked():  # the first run: published and written, killed before the cleanup
+        new = ring.pending()
+        pending_bytes = ring.pending_path.read_bytes()
+        ring.promote(new)
+    ring.pending_path.write_bytes(pending_bytes)
+    ring.pending_path.chmod(0o600)
+
+    rotation = rotate_signing_key(ring, lambda key: None)
+
+    assert (rotation.key_id, rotation.previous_key_id) == (new.key_id, before)
+    assert [key.key_id for key in ring.refresh().keys] == [new.key_id, before]
+    assert not ring.pending_path.exists()
+
+
+def test_a_ring_file_that_cannot_be_read_leaves_the_loaded_keys_signing(tmp_path: Path) -> None:
+    from linkage.atrest import DataKey
+
+    tenant = Tenant("sakai", ["municipality"], _ring(tmp_path), DataKey.generate())
+    before = tenant.signer.key_id
+    rotate_signing_key(_ring(tmp_path), lambda key: None)
+    tenant.keyring.path.chmod(0o644)  # readable by others: refused as a key file
+
+    assert tenant.signer.key_id == before
+    tenant.keyring.path.chmod(0o600)
+    assert tenant.signer.key_id != before  # read once it is readable again

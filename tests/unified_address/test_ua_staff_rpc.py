@@ -8,6 +8,7 @@ no response carries an individual number.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import io
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -447,7 +448,8 @@ async def test_the_waiting_list_pages_with_tokens_that_fit_only_their_own_list(
     assert seen == ["J-1", "J-2", "J-3"]
     assert first.next_page_token
     assert not last.next_page_token
-    for token in (first.next_page_token, "bm90IGEgdG9rZW4", "%%%"):
+    nested = base64.urlsafe_b64encode(b"[" * 300).decode()  # deep nesting, still short
+    for token in (first.next_page_token, "bm90IGEgdG9rZW4", "%%%", "A" * 600, nested):
         error = await failure(
             console.ListCodeRequestFailures(
                 pb.ListCodeRequestFailuresRequest(page_token=token), metadata=viewer
