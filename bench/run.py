@@ -250,7 +250,7 @@ MEASUREMENTS: list[Measurement] = [
         "s",
         Target(20, higher_is_better=False, relative=False, unit="s"),
         run=from_shared("import_seconds_per_million"),
-        notes="seconds per 1,000,000 rows (a quick run scales from 50,000)",
+        notes="seconds per 1,000,000 rows (a quick run scales the per-row part of 50,000)",
     ),
     Measurement(
         "record_verification",
