@@ -7,8 +7,13 @@ runs, so ``linkage --help`` stays fast (no grpc, SQLAlchemy or crypto import at 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import argparse
 
 # name → (module with `main(argv) -> int`, one-line help). Order is the order in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -29,6 +34,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 USAGE = "usage: linkage [-h] [--version] COMMAND [ARGS ...]"
+EXIT_USAGE = 2  # every subcommand's exit code for bad usage
+
+
+def env(name: str, default: str = "") -> str:
+    """``LINKAGE_<name>`` from the environment: a subcommand's option default."""
+    return os.environ.get(f"LINKAGE_{name}", default)
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace | int:
+    """``parser``'s arguments, or the exit code argparse chose instead of returning them (0
+    after ``--help``, 2 after a usage error it has printed): a subcommand returns it."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
 
 def _help() -> str:

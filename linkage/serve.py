@@ -33,6 +33,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from linkage.cli import env
+
 SYSTEMS = ("network", "registry", "server", "unified-address")
 REPLICATED = ("server",)  # systems whose state is all in the database
 MIGRATION_LOCK = 0x6C696E6B  # PostgreSQL advisory lock class for migrations ("link")
@@ -40,10 +42,6 @@ REPLICA_START_LIMIT = 60.0  # seconds for the other replicas to report SERVING
 REPLICA_STOP_LIMIT = 15.0  # seconds for a replica to drain after SIGTERM before it is killed
 PARENT_POLL = 1.0  # seconds between looks at whether the parent process is still there
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")  # noqa: S104 — compared, never bound here
-
-
-def _env(name: str, default: str = "") -> str:
-    return os.environ.get(f"LINKAGE_{name}", default)
 
 
 def _optional_int(text: str) -> int | None:
@@ -57,47 +55,47 @@ def _optional_float(text: str) -> float | None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="linkage serve", description=__doc__)
     parser.add_argument("system", choices=SYSTEMS, help="which system to run")
-    parser.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="bind address")
-    parser.add_argument("--port", type=int, default=int(_env("PORT", "0")), help="0: any free")
-    parser.add_argument("--data-dir", type=Path, default=Path(_env("DATA_DIR", "data")))
+    parser.add_argument("--host", default=env("HOST", "127.0.0.1"), help="bind address")
+    parser.add_argument("--port", type=int, default=int(env("PORT", "0")), help="0: any free")
+    parser.add_argument("--data-dir", type=Path, default=Path(env("DATA_DIR", "data")))
     parser.add_argument(
         "--database-url",
-        default=_env("DATABASE_URL"),
+        default=env("DATABASE_URL"),
         help="SQLAlchemy URL; default an SQLite file under the data dir",
     )
-    parser.add_argument("--pki-dir", type=Path, default=Path(_env("PKI_DIR", "data/pki")))
+    parser.add_argument("--pki-dir", type=Path, default=Path(env("PKI_DIR", "data/pki")))
     parser.add_argument("--insecure", action="store_true", help="plaintext, debugging only")
-    parser.add_argument("--network", default=_env("NETWORK_ADDRESS"), help="network host:port")
-    parser.add_argument("--registry", default=_env("REGISTRY_ADDRESS"), help="registry host:port")
-    parser.add_argument("--server", default=_env("SERVER_ADDRESS"), help="platform host:port")
-    parser.add_argument("--platform", default=_env("PLATFORM", "municipal"), help="platform name")
+    parser.add_argument("--network", default=env("NETWORK_ADDRESS"), help="network host:port")
+    parser.add_argument("--registry", default=env("REGISTRY_ADDRESS"), help="registry host:port")
+    parser.add_argument("--server", default=env("SERVER_ADDRESS"), help="platform host:port")
+    parser.add_argument("--platform", default=env("PLATFORM", "municipal"), help="platform name")
     parser.add_argument(
         "--tenant",
         action="append",
-        default=[t for t in _env("TENANTS").split() if t],
+        default=[t for t in env("TENANTS").split() if t],
         metavar="CODE=CAP[,CAP]",
         help="a tenant organization of this platform and its capacities (repeatable)",
     )
     parser.add_argument(
-        "--org", default=_env("ORG"), help="organization of a unified address server"
+        "--org", default=env("ORG"), help="organization of a unified address server"
     )
     parser.add_argument("--port-file", type=Path, help="write the bound port here once serving")
     parser.add_argument(
         "--replicas",
         type=int,
-        default=int(_env("REPLICAS", "1")),
+        default=int(env("REPLICAS", "1")),
         help="server only: run N processes on --port .. --port+N-1 on one database",
     )
     parser.add_argument(
         "--replica-index",
         type=int,
-        default=int(_env("REPLICA_INDEX", "0")),
+        default=int(env("REPLICA_INDEX", "0")),
         help="which replica this process is (labels its logs)",
     )
     parser.add_argument(
         "--health-port",
         type=_optional_int,
-        default=_optional_int(_env("HEALTH_PORT")),
+        default=_optional_int(env("HEALTH_PORT")),
         help="also answer plaintext gRPC health checks on this port (probes)",
     )
     parser.add_argument(
@@ -106,50 +104,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--network-timeout",
         type=float,
-        default=float(_env("NETWORK_TIMEOUT", "30")),
+        default=float(env("NETWORK_TIMEOUT", "30")),
         help="server: deadline of each call to the network, seconds",
     )
     parser.add_argument(
         "--route-timeout",
         type=float,
-        default=float(_env("ROUTE_TIMEOUT", "10")),
+        default=float(env("ROUTE_TIMEOUT", "10")),
         help="network: deadline of each call to a platform, seconds",
     )
     parser.add_argument(
         "--redelivery-interval",
         type=float,
-        default=float(_env("REDELIVERY_INTERVAL", "30")),
+        default=float(env("REDELIVERY_INTERVAL", "30")),
         help="server: seconds between retries of late answers not yet delivered",
     )
     parser.add_argument(
         "--resend-after",
         type=_optional_float,
-        default=_optional_float(_env("RESEND_AFTER")),
+        default=_optional_float(env("RESEND_AFTER")),
         help="server: seconds after which a query still in flight is sent again when asked "
         "for (its sender died); more than --network-timeout; default that plus 5",
     )
     parser.add_argument(
         "--provider-wait",
         type=float,
-        default=float(_env("PROVIDER_WAIT", "2")),
+        default=float(env("PROVIDER_WAIT", "2")),
         help="network: seconds a call waits for a platform that is not connected (restarting)",
     )
     parser.add_argument(
         "--database-connect-timeout",
         type=int,
-        default=int(_env("DATABASE_CONNECT_TIMEOUT", "5")),
+        default=int(env("DATABASE_CONNECT_TIMEOUT", "5")),
         help="seconds to wait for a PostgreSQL connection (a connect_timeout in the URL wins)",
     )
     parser.add_argument(
         "--database-probe-interval",
         type=float,
-        default=float(_env("DATABASE_PROBE_INTERVAL", "5")),
+        default=float(env("DATABASE_PROBE_INTERVAL", "5")),
         help="seconds between database probes: health is NOT_SERVING while it does not answer",
     )
     parser.add_argument(
         "--records-retention-interval",
         type=float,
-        default=float(_env("RECORDS_RETENTION_INTERVAL", "3600")),
+        default=float(env("RECORDS_RETENTION_INTERVAL", "3600")),
         help="seconds between purges of access records past their seven years",
     )
     return parser
@@ -482,7 +480,7 @@ async def _until_stopped() -> None:
     from linkage.rpc import wait_for_signal
 
     signalled = asyncio.ensure_future(wait_for_signal())
-    if _env("EXIT_WITH_PARENT") != "1":
+    if env("EXIT_WITH_PARENT") != "1":
         await signalled
         return
     parent = os.getppid()

@@ -16,6 +16,7 @@ from datetime import date
 from pathlib import Path
 from typing import TextIO
 
+from linkage.cli import parse_args
 from permission_list import vocabulary
 from permission_list.checker import PermissionList
 from permission_list.loader import DEFAULT_PATH, load, load_default, parse_date, validate
@@ -45,11 +46,9 @@ class _BadInputError(Exception):
 
 
 def main(argv: list[str]) -> int:
-    parser = _parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits on --help (0) and on usage errors (2)
-        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    args = parse_args(_parser(), argv)
+    if isinstance(args, int):  # argparse exited on --help (0) or a usage error (2)
+        return args
     try:
         code: int = args.run(args, sys.stdout)
     except _BadInputError as exc:

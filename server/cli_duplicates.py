@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from linkage.cli import parse_args
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from datetime import datetime
@@ -107,10 +109,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """Run ``linkage duplicates`` with ``argv``; returns the exit code."""
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exc:  # --help, or a usage error argparse already printed
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    args = parse_args(_parser(), argv)
+    if isinstance(args, int):  # --help, or a usage error argparse already printed
+        return args
     from linkage.errors import LinkageError
 
     handlers = {"import": _import, "export": _export, "reconcile": _reconcile}

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from linkage.cli import env, parse_args
 
 if TYPE_CHECKING:
     from linkage.keys import KeyRing, PublicKeys
@@ -45,19 +46,15 @@ class _UsageError(Exception):
     """Bad input; printed without a traceback, exit 2."""
 
 
-def _env(name: str, default: str = "") -> str:
-    return os.environ.get(f"LINKAGE_{name}", default)
-
-
 def _ring_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tenant", required=True, help="organization code of the tenant")
     parser.add_argument(
-        "--platform", default=_env("PLATFORM", "municipal"), help="platform name (as served)"
+        "--platform", default=env("PLATFORM", "municipal"), help="platform name (as served)"
     )
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(_env("DATA_DIR", "data")),
+        default=Path(env("DATA_DIR", "data")),
         help="the data directory the platform was started with",
     )
 
@@ -73,9 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     _ring_options(rotate)
     rotate.add_argument(
-        "--network", default=_env("NETWORK_ADDRESS"), help="host:port of the network"
+        "--network", default=env("NETWORK_ADDRESS"), help="host:port of the network"
     )
-    rotate.add_argument("--pki-dir", type=Path, default=Path(_env("PKI_DIR", "data/pki")))
+    rotate.add_argument("--pki-dir", type=Path, default=Path(env("PKI_DIR", "data/pki")))
     rotate.add_argument("--insecure", action="store_true", help="plaintext, debugging only")
     _ring_options(sub.add_parser("list", help="the ring's key generations (ids and dates)"))
     return parser
@@ -83,10 +80,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """Run ``linkage keys`` with ``argv``; returns the exit code."""
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exc:  # --help, or a usage error argparse already printed
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    args = parse_args(_parser(), argv)
+    if isinstance(args, int):  # --help, or a usage error argparse already printed
+        return args
     from linkage.errors import LinkageError
 
     try:

@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from linkage.cli import parse_args
+
 EXIT_OK = 0
 EXIT_EXISTS = 1
 EXIT_USAGE = 2
@@ -59,10 +61,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """Run ``linkage staff`` with ``argv``; returns the exit code."""
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exc:  # --help, or a usage error argparse already printed
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    args = parse_args(_parser(), argv)
+    if isinstance(args, int):  # --help, or a usage error argparse already printed
+        return args
     from linkage.errors import AlreadyExists, LinkageError
 
     try:

@@ -25,6 +25,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from linkage.cli import parse_args
+
 if TYPE_CHECKING:
     from nacl.signing import VerifyKey
     from sqlalchemy import Engine
@@ -116,10 +118,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """Run ``linkage records`` with ``argv`` (without the program name); returns the exit code."""
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exc:  # --help, or a usage error argparse already printed
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    args = parse_args(_parser(), argv)
+    if isinstance(args, int):  # --help, or a usage error argparse already printed
+        return args
     handlers = {
         "verify": _verify,
         "verify-export": _verify_export,
