@@ -45,6 +45,17 @@ FailurePosition = tuple[datetime, str]  # (code_requested_at, or NEVER if none; 
 NEVER = datetime(1970, 1, 1, tzinfo=UTC)
 WaitingPosition = tuple[datetime, str, str]  # (registered_at, system, address_number)
 
+
+def failure_position(person: Person) -> FailurePosition:
+    """``person``'s place in ``Repository.failures``' order (the key its keyset compares)."""
+    return person.code_requested_at or NEVER, person.unified_number
+
+
+def waiting_position(link: PersonLink) -> WaitingPosition:
+    """``link``'s place in ``Repository.waiting_links``' order."""
+    return link.registered_at, link.system, link.address_number
+
+
 __all__ = ["Repository"]
 
 # Keep IN lists well below SQLite's variable limit and PostgreSQL's comfortable range.

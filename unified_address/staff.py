@@ -24,7 +24,7 @@ a history row and an access record.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
@@ -33,7 +33,13 @@ from linkage.errors import FailedPrecondition, FieldViolation, InvalidArgument, 
 from unified_address.audit import Audit
 from unified_address.matching import new_unified_number
 from unified_address.models import CodeState, LinkChange, LinkOperation, Person, PersonLink
-from unified_address.repository import NEVER, FailurePosition, Repository, WaitingPosition
+from unified_address.repository import (
+    FailurePosition,
+    Repository,
+    WaitingPosition,
+    failure_position,
+    waiting_position,
+)
 from unified_address.vault import NumberVault, parse_individual_number
 
 __all__ = [
@@ -51,6 +57,7 @@ __all__ = [
 ]
 
 _Item = TypeVar("_Item")
+_Row = TypeVar("_Row")
 _Position = TypeVar("_Position")
 
 _STAFF_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -142,27 +149,28 @@ def failures(
 ) -> Page[PersonView, FailurePosition]:
     """Persons whose linkage-code request failed, oldest first, from after ``after``; only the
     page's people are recorded as seen."""
-    people = desk.repo.failures(limit + 1, after)  # one more tells whether a next page exists
-    page = people[:limit]
-    desk.record("LIST_FAILURES", (p.unified_number for p in page))
-    last = page[-1] if len(people) > limit else None
-    return Page(
-        [_view(desk.repo, person) for person in page],
-        None if last is None else (last.code_requested_at or NEVER, last.unified_number),
-    )
+    people, next_after = _page(desk.repo.failures(limit + 1, after), limit, failure_position)
+    desk.record("LIST_FAILURES", (p.unified_number for p in people))
+    return Page([_view(desk.repo, person) for person in people], next_after)
 
 
 def waiting(
     desk: Desk, limit: int = 100, after: WaitingPosition | None = None
 ) -> Page[LinkView, WaitingPosition]:
     """Address numbers waiting for a manual link, oldest first, from after ``after``."""
-    links = desk.repo.waiting_links(limit + 1, after)  # one more tells whether a next page exists
+    links, next_after = _page(desk.repo.waiting_links(limit + 1, after), limit, waiting_position)
     desk.record("LIST_WAITING", ())
-    last = links[limit - 1] if len(links) > limit else None
-    return Page(
-        [LinkView(link.system, link.address_number, link.registered_at) for link in links[:limit]],
-        None if last is None else (last.registered_at, last.system, last.address_number),
-    )
+    views = [LinkView(link.system, link.address_number, link.registered_at) for link in links]
+    return Page(views, next_after)
+
+
+def _page(
+    rows: list[_Row], limit: int, position: Callable[[_Row], _Position]
+) -> tuple[list[_Row], _Position | None]:
+    """The first ``limit`` of ``rows`` (read with one more, which tells whether a next page
+    exists) and the position the next page starts after (None: none)."""
+    page = rows[:limit]
+    return page, position(page[-1]) if page and len(rows) > limit else None
 
 
 def _view(repo: Repository, person: Person, *, with_history: bool = False) -> PersonView:
