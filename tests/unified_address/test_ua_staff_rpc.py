@@ -462,6 +462,39 @@ async def test_the_waiting_list_pages_with_tokens_that_fit_only_their_own_list(
 # --- code requests ---------------------------------------------------------------------------
 
 
+async def test_failed_code_requests_page_with_the_token_each_page_returns(
+    app: App,
+    console: StaffStub,
+    system: Callable[[str], Stub],
+    sign_in: SignIn,
+    registry: Any,
+) -> None:
+    down = Unavailable("REGISTRY_DOWN", "down for maintenance")
+    registry[0].failures.fail_next(down, down, down)
+    people = []
+    for n, number in enumerate(individual_numbers(3, seed=97)):
+        registered = await system("kokuho").RegisterPerson(
+            unified_address_pb2.RegisterPersonRequest(
+                address_number=f"K-{n}", individual_number=number
+            )
+        )
+        people.append(registered.unified_number)
+    viewer = await sign_in("tanaka")
+
+    first = await console.ListCodeRequestFailures(
+        pb.ListCodeRequestFailuresRequest(page_size=2), metadata=viewer
+    )
+    last = await console.ListCodeRequestFailures(
+        pb.ListCodeRequestFailuresRequest(page_size=2, page_token=first.next_page_token),
+        metadata=viewer,
+    )
+
+    assert [len(first.persons), len(last.persons)] == [2, 1]
+    assert [p.unified_number for page in (first, last) for p in page.persons] == people
+    assert first.next_page_token
+    assert not last.next_page_token
+
+
 async def test_an_operator_retries_a_failed_code_request_a_viewer_may_not(
     app: App,
     console: StaffStub,
