@@ -41,7 +41,7 @@ def _known_variables() -> set[str]:
     names: set[str] = set()
     for source in SOURCES:
         code = (ROOT / source).read_text()
-        names |= {f"LINKAGE_{n}" for n in re.findall(r'_env\(\s*"([A-Z_]+)"', code)}
+        names |= {f"LINKAGE_{n}" for n in re.findall(r'\benv\(\s*"([A-Z_]+)"', code)}
         names |= set(re.findall(r'"(LINKAGE_[A-Z_]+)"', code))
     return names
 
